@@ -1,0 +1,85 @@
+"""Evaluation preprocessing presets that belong to a set of weights.
+
+Each ecosystem trained its ResNets with its own resize, crop and normalisation; converted
+weights only predict as they did at home when fed the same way. A preset is plain data:
+it travels in checkpoint metadata (``to_dict``/``from_dict``) and drives both the TF input
+pipeline and the NumPy/Pillow path used by ``predict``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+    """Resize the short side to ``resize``, center-crop ``crop``, then normalise.
+
+    ``mode`` says how pixels become model inputs:
+      'torch': RGB scaled to [0, 1], then (x - mean) / std.
+      'caffe': RGB -> BGR, minus the per-channel BGR mean, no scaling (Keras ResNet v1).
+      'tf':    scaled to [-1, 1] (Keras ResNet v2).
+    """
+
+    name: str
+    resize: int
+    crop: int
+    interpolation: str = "bilinear"  # 'bilinear' | 'bicubic' | 'nearest'
+    mode: str = "torch"
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Preset:
+        d = dict(d)
+        d["mean"] = tuple(d["mean"])
+        d["std"] = tuple(d["std"])
+        return cls(**d)
+
+
+PRESETS: dict[str, Preset] = {
+    # torchvision IMAGENET1K_V1 weights: resize 256, crop 224, bilinear.
+    "torchvision_v1": Preset("torchvision_v1", resize=256, crop=224),
+    # torchvision IMAGENET1K_V2 weights: resize 232, crop 224, bilinear.
+    "torchvision_v2": Preset("torchvision_v2", resize=232, crop=224),
+    # timm RSB weights (resnet50.a1_in1k): bicubic, crop_pct 0.95 -> resize int(224 / 0.95).
+    "timm_rsb": Preset("timm_rsb", resize=235, crop=224, interpolation="bicubic"),
+    # Keras Applications ResNet50/101/152: 'caffe' mode.
+    "keras_caffe": Preset(
+        "keras_caffe", resize=256, crop=224, mode="caffe", mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)
+    ),
+    # Keras Applications ResNet50V2/101V2/152V2: inputs scaled to [-1, 1].
+    "keras_tf": Preset("keras_tf", resize=256, crop=224, mode="tf", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+}
+
+
+def get_preset(name: str) -> Preset:
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(
+            f"Unknown preprocessing preset {name!r}; known presets: {', '.join(sorted(PRESETS))}."
+        ) from None
+
+
+def normalize(x, preset: Preset):
+    """Maps float RGB pixels in [0, 255] (NumPy, JAX or TF array, channels last) to inputs."""
+    mean = np.asarray(preset.mean, np.float32)
+    std = np.asarray(preset.std, np.float32)
+    if preset.mode == "caffe":
+        return x[..., ::-1] - mean
+    if preset.mode == "tf":
+        return x / 127.5 - 1.0
+    if preset.mode == "torch":
+        return (x / 255.0 - mean) / std
+    raise ValueError(f"Unknown preset mode {preset.mode!r}; expected 'torch', 'caffe' or 'tf'.")

@@ -1,0 +1,110 @@
+"""Convolution, normalisation and pooling, configured in one place.
+
+PyTorch pads symmetrically (k // 2 on each side); Flax's 'SAME' pads (0, 1) or (2, 3) for
+stride 2 on even inputs and would shift the sampling grid of converted weights, so every
+convolution and pool here pads explicitly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+
+def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    p = kernel_size // 2
+    return ((p, p), (p, p))
+
+
+def kernel_init(name: str):
+    """'he': Kaiming normal, fan_out, ReLU gain (torchvision, the paper); 'lecun': Flax default."""
+    if name == "he":
+        return nn.initializers.variance_scaling(2.0, "fan_out", "normal")
+    if name == "lecun":
+        return nn.initializers.lecun_normal()
+    raise ValueError(f"Unknown kernel_init {name!r}; expected 'he' or 'lecun'.")
+
+
+def torch_linear_init(fan_in: int):
+    """PyTorch nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias."""
+    bound = 1.0 / jnp.sqrt(fan_in)
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerFactory:
+    """Builds the network's conv and norm layers with precision, dtype and BN settings decided once."""
+
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    init_scheme: str = "he"
+    bn_momentum: float = 0.9  # Flax momentum 0.9 == PyTorch momentum 0.1
+    bn_epsilon: float = 1e-5
+    bn_axis_name: Any = None
+    bn_axis_index_groups: Any = None
+    train: bool = False
+
+    def conv(self, features: int, kernel: int, stride: int = 1, *, groups: int = 1,
+             bias: bool = False, name: str | None = None) -> nn.Conv:
+        return nn.Conv(
+            features,
+            (kernel, kernel),
+            strides=(stride, stride),
+            padding=symmetric_padding(kernel),
+            feature_group_count=groups,
+            use_bias=bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=kernel_init(self.init_scheme),
+            name=name,
+        )
+
+    def norm(self, *, zero_init: bool = False, name: str | None = None) -> nn.BatchNorm:
+        return nn.BatchNorm(
+            use_running_average=not self.train,
+            momentum=self.bn_momentum,
+            epsilon=self.bn_epsilon,
+            axis_name=self.bn_axis_name,
+            axis_index_groups=self.bn_axis_index_groups,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            scale_init=nn.initializers.zeros if zero_init else nn.initializers.ones,
+            name=name,
+        )
+
+
+def max_pool_3x3_s2(x: jax.Array, pad_value: float = -jnp.inf) -> jax.Array:
+    """3x3/2 max pool with one pixel of symmetric padding (torchvision: -inf; Keras V2: zeros)."""
+    if pad_value == -jnp.inf:
+        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
+    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+
+
+def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
+    """AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), the ResNet-D shortcut pool."""
+    h, w = x.shape[1], x.shape[2]
+    pads = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
+    summed = jax.lax.reduce_window(jnp.pad(x, pads), jnp.array(0, x.dtype), jax.lax.add,
+                                   (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pads)
+    count = jax.lax.reduce_window(ones, jnp.array(0, x.dtype), jax.lax.add,
+                                  (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    return summed / count
+
+
+def subsample(x: jax.Array, stride: int) -> jax.Array:
+    """Every stride-th pixel from the top-left: a 1x1 pool or a 1x1 strided conv's grid."""
+    return x[:, ::stride, ::stride, :] if stride > 1 else x
+
+
