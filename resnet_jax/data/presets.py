@@ -59,7 +59,9 @@ PRESETS: dict[str, Preset] = {
         "keras_caffe", resize=256, crop=224, mode="caffe", mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)
     ),
     # Keras Applications ResNet50V2/101V2/152V2: inputs scaled to [-1, 1].
-    "keras_tf": Preset("keras_tf", resize=256, crop=224, mode="tf", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)),
+    "keras_tf": Preset(
+        "keras_tf", resize=256, crop=224, mode="tf", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+    ),
 }
 
 

@@ -5,6 +5,11 @@ from resnet_jax.models.registry import create_model, list_models, model_spec
 from resnet_jax.models.resnet import ResNet
 
 __all__ = [
-    "BasicBlock", "Bottleneck", "PreActBottleneck", "ResNet",
-    "create_model", "list_models", "model_spec",
+    "BasicBlock",
+    "Bottleneck",
+    "PreActBottleneck",
+    "ResNet",
+    "create_model",
+    "list_models",
+    "model_spec",
 ]

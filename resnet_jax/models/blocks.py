@@ -32,16 +32,23 @@ def check_input(block: nn.Module, x: jax.Array, channels: int) -> None:
         )
 
 
-def check_output(block: nn.Module, x: jax.Array, y: jax.Array, stride: int, channels: int,
-                 dtype) -> None:
+def check_output(
+    block: nn.Module, x: jax.Array, y: jax.Array, stride: int, channels: int, dtype
+) -> None:
     n, h, w, _ = x.shape
     expected = (n, math.ceil(h / stride), math.ceil(w / stride), channels)
     chex.assert_shape(y, expected, custom_message=f"{_label(block)} output")
     chex.assert_type(y, dtype, custom_message=f"{_label(block)} output")
 
 
-def projection_shortcut(x: jax.Array, kind: str, layers: LayerFactory, out_channels: int,
-                        stride: int, bias: bool = False) -> jax.Array:
+def projection_shortcut(
+    x: jax.Array,
+    kind: str,
+    layers: LayerFactory,
+    out_channels: int,
+    stride: int,
+    bias: bool = False,
+) -> jax.Array:
     """The shortcut of a block that changes resolution or width.
 
     'conv': 1x1 strided conv + BN (option B, torchvision); 'avgpool': 2x2 average pool then
@@ -86,8 +93,9 @@ class BasicBlock(nn.Module):
         if self.shortcut != "none":
             residual = x
             if self.stride != 1 or self.in_channels != self.features:
-                residual = projection_shortcut(x, self.shortcut, L, self.features, self.stride,
-                                               self.conv_bias)
+                residual = projection_shortcut(
+                    x, self.shortcut, L, self.features, self.stride, self.conv_bias
+                )
             y = y + residual
         y = nn.relu(y)
         check_output(self, x, y, self.stride, self.features, L.dtype)
@@ -159,7 +167,9 @@ class PreActBottleneck(nn.Module):
         out = self.features * self.expansion
         preact = nn.relu(L.norm(name="preact_bn")(x))
         if self.in_channels != out:
-            residual = L.conv(out, 1, self.stride, bias=self.conv_bias, name="downsample_conv")(preact)
+            residual = L.conv(out, 1, self.stride, bias=self.conv_bias, name="downsample_conv")(
+                preact
+            )
         else:
             residual = subsample(x, self.stride)
         y = L.conv(self.features, 1, name="conv1")(preact)

@@ -43,7 +43,7 @@ def torch_linear_init(fan_in: int):
 
 @dataclasses.dataclass(frozen=True)
 class LayerFactory:
-    """Builds the network's conv and norm layers with precision, dtype and BN settings decided once."""
+    """Builds conv and norm layers with dtype, init and BN settings decided in one place."""
 
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
@@ -54,8 +54,16 @@ class LayerFactory:
     bn_axis_index_groups: Any = None
     train: bool = False
 
-    def conv(self, features: int, kernel: int, stride: int = 1, *, groups: int = 1,
-             bias: bool = False, name: str | None = None) -> nn.Conv:
+    def conv(
+        self,
+        features: int,
+        kernel: int,
+        stride: int = 1,
+        *,
+        groups: int = 1,
+        bias: bool = False,
+        name: str | None = None,
+    ) -> nn.Conv:
         return nn.Conv(
             features,
             (kernel, kernel),
@@ -95,16 +103,16 @@ def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
     """AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), the ResNet-D shortcut pool."""
     h, w = x.shape[1], x.shape[2]
     pads = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
-    summed = jax.lax.reduce_window(jnp.pad(x, pads), jnp.array(0, x.dtype), jax.lax.add,
-                                   (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    summed = jax.lax.reduce_window(
+        jnp.pad(x, pads), jnp.array(0, x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    )
     ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pads)
-    count = jax.lax.reduce_window(ones, jnp.array(0, x.dtype), jax.lax.add,
-                                  (1, 2, 2, 1), (1, 2, 2, 1), "VALID")
+    count = jax.lax.reduce_window(
+        ones, jnp.array(0, x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    )
     return summed / count
 
 
 def subsample(x: jax.Array, stride: int) -> jax.Array:
     """Every stride-th pixel from the top-left: a 1x1 pool or a 1x1 strided conv's grid."""
     return x[:, ::stride, ::stride, :] if stride > 1 else x
-
-

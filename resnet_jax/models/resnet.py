@@ -70,17 +70,27 @@ class ResNet(nn.Module):
             (self.stem in STEMS, f"stem {self.stem!r} not in {STEMS}"),
             (self.shortcut in SHORTCUTS, f"shortcut {self.shortcut!r} not in {SHORTCUTS}"),
             (self.pooling in POOLINGS, f"pooling {self.pooling!r} not in {POOLINGS}"),
-            (len(self.stage_sizes) == len(self.stage_widths),
-             f"{len(self.stage_sizes)} stage_sizes but {len(self.stage_widths)} stage_widths"),
+            (
+                len(self.stage_sizes) == len(self.stage_widths),
+                f"{len(self.stage_sizes)} stage_sizes but {len(self.stage_widths)} stage_widths",
+            ),
             (all(n >= 1 for n in self.stage_sizes), f"stage_sizes {self.stage_sizes} must be >= 1"),
-            (not (self.block == "basic" and (self.groups != 1 or self.width_per_group != 64)),
-             "basic blocks support only groups=1 and width_per_group=64"),
-            (not (self.variant == "v2" and self.block != "bottleneck"),
-             "variant 'v2' is built with bottleneck blocks only"),
-            (not (self.variant == "v2" and self.shortcut != "conv"),
-             "variant 'v2' uses its own shortcuts; leave shortcut='conv'"),
-            (not (self.include_top and self.pooling is None),
-             "include_top=True needs pooling 'avg' or 'max'"),
+            (
+                not (self.block == "basic" and (self.groups != 1 or self.width_per_group != 64)),
+                "basic blocks support only groups=1 and width_per_group=64",
+            ),
+            (
+                not (self.variant == "v2" and self.block != "bottleneck"),
+                "variant 'v2' is built with bottleneck blocks only",
+            ),
+            (
+                not (self.variant == "v2" and self.shortcut != "conv"),
+                "variant 'v2' uses its own shortcuts; leave shortcut='conv'",
+            ),
+            (
+                not (self.include_top and self.pooling is None),
+                "include_top=True needs pooling 'avg' or 'max'",
+            ),
             (self.num_classes >= 1 or not self.include_top, "num_classes must be >= 1"),
         ]
         errors = [msg for ok, msg in checks if not ok]
@@ -95,8 +105,9 @@ class ResNet(nn.Module):
         return 2 if stage > 0 and index == 0 else 1
 
     @nn.compact
-    def __call__(self, x: jax.Array, train: bool = False,
-                 return_features: bool = False) -> jax.Array | dict[str, jax.Array]:
+    def __call__(
+        self, x: jax.Array, train: bool = False, return_features: bool = False
+    ) -> jax.Array | dict[str, jax.Array]:
         self.validate()
         chex.assert_rank(x, 4, custom_message=f"{type(self).__name__} expects NHWC images")
         if x.shape[-1] != self.in_channels:
@@ -105,9 +116,13 @@ class ResNet(nn.Module):
                 f"channels last), got input of shape {x.shape}."
             )
         L = LayerFactory(
-            dtype=self.dtype, param_dtype=self.param_dtype, init_scheme=self.init_scheme,
-            bn_momentum=self.bn_momentum, bn_epsilon=self.bn_epsilon,
-            bn_axis_name=self.bn_axis_name, bn_axis_index_groups=self.bn_axis_index_groups,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            init_scheme=self.init_scheme,
+            bn_momentum=self.bn_momentum,
+            bn_epsilon=self.bn_epsilon,
+            bn_axis_name=self.bn_axis_name,
+            bn_axis_index_groups=self.bn_axis_index_groups,
             train=train,
         )
         features: dict[str, jax.Array] = {}
@@ -115,10 +130,17 @@ class ResNet(nn.Module):
         features["stem"] = x
 
         channels = x.shape[-1]
-        for stage, (n_blocks, width) in enumerate(zip(self.stage_sizes, self.stage_widths)):
+        for stage, (n_blocks, width) in enumerate(
+            zip(self.stage_sizes, self.stage_widths, strict=True)
+        ):
             for index in range(n_blocks):
-                block = self._block(width, channels, self.stage_stride(stage, index), L,
-                                    name=f"layer{stage + 1}_{index}")
+                block = self._block(
+                    width,
+                    channels,
+                    self.stage_stride(stage, index),
+                    L,
+                    name=f"layer{stage + 1}_{index}",
+                )
                 x = block(x)
                 channels = x.shape[-1]
             features[f"layer{stage + 1}"] = x
@@ -134,11 +156,20 @@ class ResNet(nn.Module):
             features["pooled"] = x
         if self.include_top:
             dense_init = (
-                {"kernel_init": torch_linear_init(channels), "bias_init": torch_linear_init(channels)}
-                if self.init_scheme == "he" else {}
+                {
+                    "kernel_init": torch_linear_init(channels),
+                    "bias_init": torch_linear_init(channels),
+                }
+                if self.init_scheme == "he"
+                else {}
             )
-            x = nn.Dense(self.num_classes, dtype=self.dtype, param_dtype=self.param_dtype,
-                         name="fc", **dense_init)(x)
+            x = nn.Dense(
+                self.num_classes,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="fc",
+                **dense_init,
+            )(x)
             x = jnp.asarray(x, jnp.float32)
             features["logits"] = x
         return features if return_features else x
@@ -150,8 +181,9 @@ class ResNet(nn.Module):
         if self.stem == "deep":
             w = self.stem_width
             for i, features in enumerate((w, w, 2 * w)):
-                x = L.conv(features, 3, 2 if i == 0 else 1, bias=self.conv_bias,
-                           name=f"stem_conv{i + 1}")(x)
+                x = L.conv(
+                    features, 3, 2 if i == 0 else 1, bias=self.conv_bias, name=f"stem_conv{i + 1}"
+                )(x)
                 x = nn.relu(L.norm(name=f"stem_bn{i + 1}")(x))
             return max_pool_3x3_s2(x)
         x = L.conv(self.stem_width, 7, 2, bias=self.conv_bias, name="conv1")(x)
@@ -161,14 +193,26 @@ class ResNet(nn.Module):
         x = nn.relu(L.norm(name="bn1")(x))
         return max_pool_3x3_s2(x)
 
-    def _block(self, width: int, channels: int, stride: int, L: LayerFactory,
-               name: str) -> nn.Module:
+    def _block(
+        self, width: int, channels: int, stride: int, L: LayerFactory, name: str
+    ) -> nn.Module:
         if self.variant == "v2":
             return PreActBottleneck(width, channels, L, stride, conv_bias=self.conv_bias, name=name)
-        common = dict(shortcut=self.shortcut, conv_bias=self.conv_bias,
-                      zero_init_last_bn=self.zero_init_last_bn, name=name)
+        common = dict(
+            shortcut=self.shortcut,
+            conv_bias=self.conv_bias,
+            zero_init_last_bn=self.zero_init_last_bn,
+            name=name,
+        )
         if self.block == "basic":
             return BasicBlock(width, channels, L, stride, **common)
-        return Bottleneck(width, channels, L, stride, groups=self.groups,
-                          width_per_group=self.width_per_group,
-                          stride_on_1x1=self.variant == "v1", **common)
+        return Bottleneck(
+            width,
+            channels,
+            L,
+            stride,
+            groups=self.groups,
+            width_per_group=self.width_per_group,
+            stride_on_1x1=self.variant == "v1",
+            **common,
+        )

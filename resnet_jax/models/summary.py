@@ -41,8 +41,9 @@ def count(tree) -> int:
     return sum(int(x.size) for x in jax.tree_util.tree_leaves(tree))
 
 
-def summarize(model: nn.Module, image_size: int, name: str = "model", in_channels: int = 3
-              ) -> Summary:
+def summarize(
+    model: nn.Module, image_size: int, name: str = "model", in_channels: int = 3
+) -> Summary:
     """Counts parameters, BN statistics and multiply-adds for one image."""
     macs: list[int] = []
 
@@ -62,16 +63,30 @@ def summarize(model: nn.Module, image_size: int, name: str = "model", in_channel
             return variables, model.apply(variables, x)
 
     variables, out = jax.eval_shape(run, x)
-    return Summary(name, image_size, count(variables["params"]),
-                   count(variables.get("batch_stats", {})), sum(macs), tuple(out.shape))
+    return Summary(
+        name,
+        image_size,
+        count(variables["params"]),
+        count(variables.get("batch_stats", {})),
+        sum(macs),
+        tuple(out.shape),
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Parameter and multiply-add counts.")
-    parser.add_argument("models", nargs="*", default=["resnet50"],
-                        help=f"model names ('all' for every one): {', '.join(list_models())}")
-    parser.add_argument("--image-size", type=int, default=None,
-                        help="input resolution (default: 224, or 32 for CIFAR nets)")
+    parser.add_argument(
+        "models",
+        nargs="*",
+        default=["resnet50"],
+        help=f"model names ('all' for every one): {', '.join(list_models())}",
+    )
+    parser.add_argument(
+        "--image-size",
+        type=int,
+        default=None,
+        help="input resolution (default: 224, or 32 for CIFAR nets)",
+    )
     args = parser.parse_args(argv)
     names = list_models() if args.models == ["all"] else args.models
     for name in names:
