@@ -208,7 +208,7 @@ def test_zero_init_last_bn_and_he_init():
 def test_max_pool_pads_with_minus_infinity():
     x = -jnp.ones((1, 4, 4, 1)) - jnp.arange(16.0).reshape(1, 4, 4, 1)
     np.testing.assert_array_equal(max_pool_3x3_s2(x)[0, :, :, 0], [[-1, -2], [-5, -6]])
-    np.testing.assert_array_equal(max_pool_3x3_s2(x, pad_value=0.0)[0, :, :, 0], 0.0)
+    np.testing.assert_array_equal(max_pool_3x3_s2(x, pad_value=0.0)[0, :, :, 0], [[0, 0], [0, -6]])
 
 
 def test_resnet_d_average_pool_matches_ceil_mode_without_padding_counts():
