@@ -20,7 +20,11 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 
 @dataclasses.dataclass(frozen=True)
 class Preset:
-    """Resize the short side to ``resize``, center-crop ``crop``, then normalise.
+    """Resize, center-crop ``crop``, then normalise.
+
+    ``resize_mode`` 'short_side' resizes the shorter side to ``resize`` keeping the aspect
+    ratio (torchvision, timm); 'squash' resizes straight to ``crop`` x ``crop`` as
+    ``keras.utils.load_img(target_size=...)`` does.
 
     ``mode`` says how pixels become model inputs:
       'torch': RGB scaled to [0, 1], then (x - mean) / std.
@@ -32,6 +36,7 @@ class Preset:
     resize: int
     crop: int
     interpolation: str = "bilinear"  # 'bilinear' | 'bicubic' | 'nearest'
+    resize_mode: str = "short_side"  # 'short_side' | 'squash'
     mode: str = "torch"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
@@ -55,12 +60,15 @@ PRESETS: dict[str, Preset] = {
     # timm RSB weights (resnet50.a1_in1k): bicubic, crop_pct 0.95 -> resize int(224 / 0.95).
     "timm_rsb": Preset("timm_rsb", resize=235, crop=224, interpolation="bicubic"),
     # Keras Applications ResNet50/101/152: 'caffe' mode.
+    # Both Keras presets load as keras.utils.load_img(path, target_size=(224, 224)) does.
     "keras_caffe": Preset(
-        "keras_caffe", resize=256, crop=224, mode="caffe", mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0)
+        "keras_caffe", resize=224, crop=224, interpolation="nearest", resize_mode="squash",
+        mode="caffe", mean=CAFFE_BGR_MEAN, std=(1.0, 1.0, 1.0),
     ),
     # Keras Applications ResNet50V2/101V2/152V2: inputs scaled to [-1, 1].
     "keras_tf": Preset(
-        "keras_tf", resize=256, crop=224, mode="tf", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5)
+        "keras_tf", resize=224, crop=224, interpolation="nearest", resize_mode="squash",
+        mode="tf", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
     ),
 }
 

@@ -1,0 +1,151 @@
+"""A folder of images with one subfolder per class (``root/<class>/<image>``), scanned in Python.
+
+Files are checked up front with Pillow so that the TF pipeline never meets an image it cannot
+decode: empty, truncated, non-image and unsupported-format files are skipped, each logged with
+its reason and listed in ``FolderIndex.skipped``. Grey, RGBA, CMYK and 16-bit images are kept;
+the decoder turns them into RGB uint8.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import os
+import pathlib
+
+import numpy as np
+from absl import logging
+from PIL import Image
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
+# What tf.io.decode_image reads ('MPO' is Pillow's name for multi-picture camera JPEGs).
+TF_FORMATS = frozenset({"JPEG", "MPO", "PNG", "GIF", "BMP", "WEBP"})
+CHECKS = ("full", "header")
+_SPLIT_SEED = 0  # The hold-out split is part of the folder's definition, not of a run.
+
+
+@dataclasses.dataclass(frozen=True)
+class FolderIndex:
+    """Image files, their integer labels, the class names (sorted subfolders) and skipped files.
+
+    ``skipped`` maps each skipped path to the reason it could not be used.
+    """
+
+    files: tuple[str, ...]
+    labels: tuple[int, ...]
+    class_names: tuple[str, ...]
+    skipped: dict[str, str] = dataclasses.field(default_factory=dict, hash=False)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def subset(self, indices: np.ndarray | list[int]) -> FolderIndex:
+        """The examples at ``indices`` with the same classes (and no skipped files)."""
+        return FolderIndex(
+            files=tuple(self.files[i] for i in indices),
+            labels=tuple(self.labels[i] for i in indices),
+            class_names=self.class_names,
+        )
+
+
+@functools.lru_cache(maxsize=65536)
+def _check_cached(path: str, size: int, mtime_ns: int, check: str) -> str | None:
+    del size, mtime_ns  # Cache keys: a rewritten file is checked again.
+    try:
+        with Image.open(path) as image:
+            if image.format not in TF_FORMATS:
+                return f"format {image.format} is not one TensorFlow decodes"
+            image.verify()
+        if check == "full":
+            with Image.open(path) as image:
+                image.load()
+    except Exception as e:  # Pillow raises many types for broken files; all mean "skip".
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def check_image(path: str, check: str = "full") -> str | None:
+    """Returns why the TF decoder cannot read ``path``, or None if it can.
+
+    'header' opens and verifies the header; 'full' also decodes the pixels (finds truncation).
+    """
+    if check not in CHECKS:
+        raise ValueError(f"Unknown image check {check!r}; expected one of {', '.join(CHECKS)}.")
+    try:
+        stat = os.stat(path)
+    except OSError as e:
+        return f"{type(e).__name__}: {e}"
+    if stat.st_size == 0:
+        return "empty file"
+    return _check_cached(path, stat.st_size, stat.st_mtime_ns, check)
+
+
+def scan_folder(
+    path: str | os.PathLike,
+    *,
+    check: str = "full",
+    extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
+    num_threads: int = 8,
+) -> FolderIndex:
+    """Lists ``path/<class>/**/<image>`` files (sorted) and checks each one; see ``check_image``.
+
+    Files without an image extension are ignored; image files that fail the check are skipped.
+    """
+    root = pathlib.Path(path).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(
+            f"Image folder {str(root)!r} does not exist or is not a folder. Expected one "
+            "subfolder per class holding its images, e.g. <folder>/cat/1.jpg, <folder>/dog/2.jpg."
+        )
+    class_names = tuple(sorted(d.name for d in root.iterdir() if d.is_dir()))
+    if not class_names:
+        raise ValueError(
+            f"Image folder {str(root)!r} has no class subfolders; put each class's images in "
+            "its own subfolder, e.g. <folder>/cat/1.jpg."
+        )
+    candidates: list[tuple[str, int]] = []
+    wanted = tuple(e.lower() for e in extensions)
+    for label, name in enumerate(class_names):
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames.sort()
+            for f in sorted(filenames):
+                if f.lower().endswith(wanted) and not f.startswith("."):
+                    candidates.append((os.path.join(dirpath, f), label))
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, num_threads)) as pool:
+        reasons = list(pool.map(lambda c: check_image(c[0], check), candidates))
+
+    files, labels, skipped = [], [], {}
+    for (file, label), reason in zip(candidates, reasons, strict=True):
+        if reason is None:
+            files.append(file)
+            labels.append(label)
+        else:
+            skipped[file] = reason
+            logging.warning("Skipping image %s: %s", file, reason)
+    if not files:
+        raise ValueError(
+            f"Image folder {str(root)!r} has no readable images with extensions "
+            f"{', '.join(extensions)} ({len(skipped)} skipped)."
+        )
+    return FolderIndex(tuple(files), tuple(labels), class_names, skipped)
+
+
+def holdout_split(index: FolderIndex, eval_fraction: float) -> tuple[FolderIndex, FolderIndex]:
+    """Splits into (train, eval), holding out ``eval_fraction`` of every class.
+
+    Fixed for a given folder: seeded by a constant, so training runs and later evaluations agree.
+    Classes with a single image keep it for training.
+    """
+    if not 0.0 < eval_fraction < 1.0:
+        raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}.")
+    rng = np.random.default_rng(_SPLIT_SEED)
+    labels = np.asarray(index.labels)
+    is_eval = np.zeros(len(labels), bool)
+    for c in range(len(index.class_names)):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        n_eval = min(int(round(eval_fraction * len(members))), len(members) - 1)
+        is_eval[members[:n_eval]] = True
+    train = index.subset(np.flatnonzero(~is_eval))
+    return dataclasses.replace(train, skipped=index.skipped), index.subset(np.flatnonzero(is_eval))

@@ -1,0 +1,296 @@
+"""The input pipeline the training loop calls: config -> per-process iterators of NumPy batches.
+
+Training streams are infinite, deterministic given the seed, and resumable: epoch ``e`` is the
+process's shard shuffled with a seed derived from (seed, e), and augmentation randomness comes
+from (seed, global example counter). Starting at ``start_step`` skips the examples already
+consumed (undecoded) and yields exactly the batches an uninterrupted run would have; for TFDS
+that means reading, not decoding, up to one epoch of this process's records.
+Eval streams give every example exactly once across processes, padded and masked.
+
+TensorFlow and TFDS are imported inside functions only: ``import resnet_jax.data`` stays TF-free.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import logging
+
+from resnet_jax.data import digits, folder, presets, shards, synthetic
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInfo:
+    """What the model and the loop need to know about a dataset (counts are global)."""
+
+    num_classes: int
+    num_train: int
+    num_eval: int
+    class_names: tuple[str, ...] | None
+
+
+def default_data_config() -> ml_collections.ConfigDict:
+    """Every data field with its default; a run config's ``data`` section overrides these."""
+    c = ml_collections.ConfigDict()
+    # 'imagenet2012', 'imagenette', 'tf_flowers', 'cifar10' or any TFDS image-classification
+    # name; 'digits' (scikit-learn's handwritten digits, offline); 'folder' (class subfolders);
+    # 'synthetic' (NumPy noise, no TF, for benchmarks).
+    c.dataset = "imagenet2012"
+    c.data_dir = None  # TFDS data_dir; None = ~/tensorflow_datasets or $TFDS_DATA_DIR.
+    c.manual_dir = None  # Manually downloaded files; None = <data_dir>/downloads/manual.
+    c.download = True  # Download and prepare a TFDS dataset that is not prepared yet.
+    c.train_split = "train"  # TFDS split strings, e.g. 'train[:90%]'; ignored by digits/folder.
+    c.eval_split = "validation"  # e.g. 'train[90%:]' for tf_flowers, 'test' for cifar10.
+    c.folder = None  # 'folder': training images, <folder>/<class>/<image>.
+    c.eval_folder = None  # 'folder': eval images; None = hold out eval_fraction of `folder`.
+    c.eval_fraction = 0.1  # 'folder': fixed per-class hold-out fraction when no eval_folder.
+    c.folder_check = "full"  # 'full' decodes every image up front with Pillow; 'header' is faster.
+    c.image_size = 224  # Square model input, train and eval.
+    c.train_preprocess = "inception_crop"  # 'inception_crop' | 'cifar_crop' (pad 4) | 'resize'.
+    c.eval_preprocess = "center_crop"  # 'center_crop' (resize image_size / crop_pct) | 'resize'.
+    c.crop_pct = 0.875  # Eval crop fraction: resize the short side to image_size / crop_pct.
+    c.min_area = 0.08  # Smallest crop area fraction for 'inception_crop'.
+    c.interpolation = "bilinear"  # 'bilinear' | 'bicubic' | 'nearest' | 'area' | 'lanczos3'.
+    c.mean = presets.IMAGENET_MEAN  # RGB mean in [0, 1] units.
+    c.std = presets.IMAGENET_STD  # RGB std in [0, 1] units.
+    # A presets.PRESETS name ('torchvision_v1', 'timm_rsb', 'keras_caffe', ...): it sets the
+    # normalisation, interpolation and eval resize/crop ratio, overriding the four fields above.
+    c.preset = None
+    c.flip = True  # Random horizontal flips in training.
+    c.shuffle_buffer = 16_384  # Examples in the TFDS shuffle buffer (small sources shuffle fully).
+    c.cache = False  # Cache the undecoded records in memory (small datasets).
+    c.num_parallel_calls = -1  # Parallel decode/augment calls; -1 = AUTOTUNE.
+    c.prefetch = -1  # Batches prefetched; -1 = AUTOTUNE.
+    c.private_threads = 48  # tf.data private thread pool size; 0 = TF's shared pool.
+    c.num_classes = 1000  # 'synthetic' only.
+    c.synthetic_size = 1024  # 'synthetic': training examples.
+    c.synthetic_eval_size = 256  # 'synthetic': eval examples.
+    return c
+
+
+def with_defaults(config: Any) -> ml_collections.ConfigDict:
+    """``config`` (ConfigDict or dict) with every missing field taken from the defaults."""
+    merged = default_data_config().to_dict()
+    given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    unknown = sorted(set(given) - set(merged))
+    if unknown:
+        logging.warning("Ignoring unknown data config fields: %s", ", ".join(unknown))
+    merged.update(given)
+    return ml_collections.ConfigDict(merged)
+
+
+def _processes(index: int | None, count: int | None) -> tuple[int, int]:
+    if index is None or count is None:
+        import jax
+
+        index = jax.process_index() if index is None else index
+        count = jax.process_count() if count is None else count
+    if not 0 <= index < count:
+        raise ValueError(f"process_index must be in [0, {count}), got {index}.")
+    return index, count
+
+
+def _local_batch(global_batch_size: int, process_count: int) -> int:
+    if global_batch_size <= 0 or global_batch_size % process_count:
+        raise ValueError(
+            f"global_batch_size {global_batch_size} must be a positive multiple of the "
+            f"process count {process_count}."
+        )
+    return global_batch_size // process_count
+
+
+def _synthetic(config: Any, train: bool, seed: int) -> synthetic.SyntheticData:
+    return synthetic.SyntheticData.create(
+        num_examples=int(config.synthetic_size if train else config.synthetic_eval_size),
+        num_classes=int(config.num_classes),
+        image_size=int(config.image_size),
+        seed=seed if train else seed + 1,
+    )
+
+
+def folder_indices(config: Any) -> tuple[folder.FolderIndex, folder.FolderIndex]:
+    """(train, eval) indexes of a 'folder' dataset: ``eval_folder`` or a fixed hold-out."""
+    config = with_defaults(config)
+    if not config.folder:
+        raise ValueError("data.folder must name a folder of class subfolders for dataset 'folder'.")
+    index = folder.scan_folder(config.folder, check=config.folder_check)
+    if config.eval_folder:
+        eval_index = folder.scan_folder(config.eval_folder, check=config.folder_check)
+        if eval_index.class_names != index.class_names:
+            raise ValueError(
+                f"eval_folder classes {list(eval_index.class_names)} differ from folder classes "
+                f"{list(index.class_names)}; both need the same class subfolders."
+            )
+        return index, eval_index
+    if config.eval_fraction <= 0:
+        return index, index.subset([])
+    return folder.holdout_split(index, float(config.eval_fraction))
+
+
+def get_dataset_info(config: ml_collections.ConfigDict) -> DatasetInfo:
+    """Classes and global example counts of the configured dataset (prepares TFDS data)."""
+    config = with_defaults(config)
+    if config.dataset == "synthetic":
+        sizes = int(config.synthetic_size), int(config.synthetic_eval_size)
+        return DatasetInfo(int(config.num_classes), *sizes, None)
+    if config.dataset == "digits":
+        return DatasetInfo(
+            10, digits.num_examples("train"), digits.num_examples("eval"), digits.CLASS_NAMES
+        )
+    if config.dataset == "folder":
+        train, evaluation = folder_indices(config)
+        return DatasetInfo(len(train.class_names), len(train), len(evaluation), train.class_names)
+    from resnet_jax.data import sources
+
+    builder = sources.tfds_builder(config)
+    label = builder.info.features["label"]
+    counts = []
+    for split in (config.train_split, config.eval_split):
+        sources.check_split(builder, split, config)
+        counts.append(sources.tfds_count(builder, split))
+    names = tuple(label.names) if getattr(label, "names", None) else None
+    return DatasetInfo(int(label.num_classes), counts[0], counts[1], names)
+
+
+def _source(config: ml_collections.ConfigDict, *, train: bool, index: int, count: int) -> Any:
+    from resnet_jax.data import sources
+
+    where = {"process_index": index, "process_count": count, "train": train}
+    if config.dataset == "digits":
+        images, labels = digits.load_digits_split("train" if train else "eval", config.image_size)
+        return sources.array_source(images, labels, **where)
+    if config.dataset == "folder":
+        chosen = folder_indices(config)[0 if train else 1]
+        return sources.files_source(chosen.files, chosen.labels, **where)
+    split = config.train_split if train else config.eval_split
+    return sources.tfds_source(config, split, **where)
+
+
+def _options(config: ml_collections.ConfigDict) -> Any:
+    import tensorflow as tf
+
+    options = tf.data.Options()
+    options.deterministic = True
+    options.autotune.enabled = True
+    options.threading.max_intra_op_parallelism = 1
+    if config.private_threads > 0:
+        options.threading.private_threadpool_size = int(config.private_threads)
+    return options
+
+
+def _as_numpy(ds: Any) -> Iterator[dict[str, np.ndarray]]:
+    import tensorflow_datasets as tfds
+
+    return iter(tfds.as_numpy(ds))
+
+
+def create_train_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Infinite batches {'image': float32 (B, S, S, 3), 'label': int32 (B,)} for this process.
+
+    B = global_batch_size // process_count. Started at ``start_step`` it yields exactly the
+    batches the uninterrupted iterator yields from that step on.
+    """
+    config = with_defaults(config)
+    index, count = _processes(process_index, process_count)
+    local_batch = _local_batch(global_batch_size, count)
+    if start_step < 0:
+        raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    if config.dataset == "synthetic":
+        return synthetic.train_iterator(
+            _synthetic(config, True, seed),
+            local_batch=local_batch,
+            start_step=start_step,
+            process_index=index,
+            process_count=count,
+        )
+    import tensorflow as tf
+
+    from resnet_jax.data import preprocess
+
+    source = _source(config, train=True, index=index, count=count)
+    n = source.num_examples
+    if n == 0:
+        raise ValueError(f"Process {index}/{count} has no training examples in {config.dataset!r}.")
+    consumed = start_step * local_batch
+    start_epoch, offset = divmod(consumed, n)
+    records = source.records.cache() if config.cache else source.records
+    buffer = n if source.shuffle_buffer is None else max(1, min(source.shuffle_buffer, n))
+
+    def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        shuffle_seed = preprocess.epoch_shuffle_seed(seed, e)
+        return records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+
+    transform = preprocess.make_train_transform(config)
+
+    def prepare(counter: tf.Tensor, ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        ex = source.load(ex) if source.load else ex
+        example_seed = preprocess.example_seed(seed, counter * count + index)
+        return {"image": transform(ex["image"], example_seed), "label": ex["label"]}
+
+    ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
+    ds = ds.enumerate(start=consumed)
+    ds = ds.map(prepare, num_parallel_calls=int(config.num_parallel_calls), deterministic=True)
+    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.prefetch(int(config.prefetch))
+    return _as_numpy(ds.with_options(_options(config)))
+
+
+def create_eval_iterator(
+    config: ml_collections.ConfigDict,
+    *,
+    global_batch_size: int,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> Iterator[dict[str, np.ndarray]]:
+    """Finite batches {'image', 'label', 'mask'}: every eval example once across processes with
+    mask 1, padding (mask 0) at the end, and the same number of batches on every process."""
+    config = with_defaults(config)
+    index, count = _processes(process_index, process_count)
+    local_batch = _local_batch(global_batch_size, count)
+    if config.dataset == "synthetic":
+        return synthetic.eval_iterator(
+            _synthetic(config, False, 0), local_batch=local_batch, process_index=index,
+            process_count=count,
+        )
+    import tensorflow as tf
+
+    from resnet_jax.data import preprocess
+
+    source = _source(config, train=False, index=index, count=count)
+    num_batches = shards.num_eval_batches(source.total_examples, count, local_batch)
+    padding = num_batches * local_batch - source.num_examples
+    if padding < 0:
+        raise RuntimeError(
+            f"Process {index} holds {source.num_examples} of {source.total_examples} eval "
+            f"examples, more than its share; the split metadata looks inconsistent."
+        )
+    transform = preprocess.make_eval_transform(config)
+
+    def prepare(ex: dict[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+        ex = source.load(ex) if source.load else ex
+        return {"image": transform(ex["image"]), "label": ex["label"], "mask": tf.constant(1.0)}
+
+    size = int(config.image_size)
+    pad = {
+        "image": tf.zeros([size, size, 3], tf.float32),
+        "label": tf.constant(0, tf.int32),
+        "mask": tf.constant(0.0),
+    }
+    records = source.records.cache() if config.cache else source.records
+    ds = records.map(prepare, num_parallel_calls=int(config.num_parallel_calls), deterministic=True)
+    ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
+    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.prefetch(int(config.prefetch))
+    return _as_numpy(ds.with_options(_options(config)))

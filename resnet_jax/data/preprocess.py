@@ -1,0 +1,256 @@
+"""TensorFlow image preprocessing ops: decode, crop, flip, resize, normalise.
+
+Every op is a plain function on one example that runs eagerly and inside ``tf.data``. Random
+ops are stateless: they take a ``seed`` of shape [2] derived from (run seed, example counter),
+so the augmented stream is reproducible and can be resumed at any example.
+
+This module imports TensorFlow at import time; only the input pipeline imports it, lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import tensorflow as tf
+
+from resnet_jax.data import presets
+
+
+def _hide_gpus_from_tf() -> None:
+    """Keeps TF off the accelerators so JAX owns all GPU memory (as the Flax example does)."""
+    try:
+        tf.config.set_visible_devices([], "GPU")
+    except RuntimeError:  # TF already initialised its devices; nothing left to do.
+        pass
+
+
+_hide_gpus_from_tf()
+
+Example = dict[str, tf.Tensor]
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area", "lanczos3")
+TRAIN_PREPROCESS = ("inception_crop", "cifar_crop", "resize")
+EVAL_PREPROCESS = ("center_crop", "resize")
+
+
+def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"Unknown {kind} {value!r}; expected one of {', '.join(choices)}.")
+
+
+def decode_rgb(data: tf.Tensor) -> tf.Tensor:
+    """Decodes encoded bytes (JPEG/PNG/GIF/BMP/WebP) or passes a uint8 array, as (H, W, 3) uint8.
+
+    Grayscale becomes RGB, alpha is dropped, CMYK JPEG and 16-bit PNG are converted.
+    """
+    if data.dtype == tf.string:
+        image = tf.io.decode_image(data, channels=3, dtype=tf.uint8, expand_animations=False)
+        image.set_shape([None, None, 3])
+        return image
+    image = tf.convert_to_tensor(data)
+    if image.shape.rank == 2:
+        image = image[..., None]
+    if image.shape[-1] == 1:
+        image = tf.tile(image, [1, 1, 3])
+    return tf.cast(image, tf.uint8)
+
+
+def _sample_crop_window(shape: tf.Tensor, seed: tf.Tensor, min_area: float) -> tf.Tensor:
+    """Samples an Inception-style crop window [y, x, h, w] (area and aspect-ratio jitter)."""
+    begin, size, _ = tf.image.stateless_sample_distorted_bounding_box(
+        shape,
+        bounding_boxes=tf.zeros([1, 0, 4], tf.float32),
+        seed=seed,
+        min_object_covered=0.0,
+        aspect_ratio_range=(3.0 / 4.0, 4.0 / 3.0),
+        area_range=(min_area, 1.0),
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
+    return tf.stack([begin[0], begin[1], size[0], size[1]])
+
+
+def decode_and_random_crop(
+    data: tf.Tensor, seed: tf.Tensor, *, min_area: float = 0.08
+) -> tf.Tensor:
+    """Inception random-resized-crop window, decoded as uint8 (H', W', 3).
+
+    JPEG bytes go through the fused ``decode_and_crop_jpeg`` (decodes only the window); other
+    formats and already-decoded arrays are decoded first and then cropped.
+    """
+
+    def crop_decoded(image: tf.Tensor) -> tf.Tensor:
+        window = _sample_crop_window(tf.shape(image), seed, min_area)
+        return image[window[0] : window[0] + window[2], window[1] : window[1] + window[3]]
+
+    if data.dtype != tf.string:
+        return crop_decoded(decode_rgb(data))
+
+    def jpeg() -> tf.Tensor:
+        window = _sample_crop_window(tf.io.extract_jpeg_shape(data), seed, min_area)
+        return tf.image.decode_and_crop_jpeg(data, window, channels=3)
+
+    image = tf.cond(tf.io.is_jpeg(data), jpeg, lambda: crop_decoded(decode_rgb(data)))
+    image.set_shape([None, None, 3])
+    return image
+
+
+def resize(
+    image: tf.Tensor, size: tuple[int, int] | tf.Tensor, method: str = "bilinear"
+) -> tf.Tensor:
+    """Resizes to ``size`` (h, w) with antialiasing (as PIL/torchvision do); float32 in [0, 255]."""
+    _check_choice("interpolation", method, INTERPOLATIONS)
+    image = tf.image.resize(tf.cast(image, tf.float32), size, method=method, antialias=True)
+    return tf.clip_by_value(image, 0.0, 255.0)
+
+
+def short_side_size(height: tf.Tensor, width: tf.Tensor, short: int) -> tf.Tensor:
+    """Output (h, w) when the short side becomes ``short``; the long side is truncated as in
+    torchvision's ``Resize(int)``."""
+    height = tf.cast(height, tf.float64)
+    width = tf.cast(width, tf.float64)
+    scale = short / tf.minimum(height, width)
+    long_h = tf.cast(tf.floor(height * scale), tf.int32)
+    long_w = tf.cast(tf.floor(width * scale), tf.int32)
+    new_h = tf.where(height <= width, short, long_h)
+    new_w = tf.where(height <= width, long_w, short)
+    return tf.stack([new_h, new_w])
+
+
+def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
+    """Crops the central ``size`` x ``size`` window; offsets rounded as torchvision does."""
+    shape = tf.shape(image)
+    top = tf.cast(tf.round((shape[0] - size) / 2), tf.int32)
+    left = tf.cast(tf.round((shape[1] - size) / 2), tf.int32)
+    crop = image[top : top + size, left : left + size]
+    crop.set_shape([size, size, image.shape[-1]])
+    return crop
+
+
+def resize_and_center_crop(
+    data: tf.Tensor, *, resize_size: int, crop_size: int, method: str = "bilinear"
+) -> tf.Tensor:
+    """Eval transform: resize the short side to ``resize_size``, then center-crop ``crop_size``.
+
+    This is torchvision's ``Resize(resize) + CenterCrop(crop)``; float32 in [0, 255].
+    """
+    image = decode_rgb(data)
+    shape = tf.shape(image)
+    image = resize(image, short_side_size(shape[0], shape[1], resize_size), method)
+    return center_crop(image, crop_size)
+
+
+def inception_crop(
+    data: tf.Tensor, seed: tf.Tensor, size: int, *, min_area: float = 0.08, method: str = "bilinear"
+) -> tf.Tensor:
+    """Random-resized crop (Szegedy et al. 2015) to ``size`` x ``size``; float32 in [0, 255]."""
+    image = resize(decode_and_random_crop(data, seed, min_area=min_area), (size, size), method)
+    image.set_shape([size, size, 3])
+    return image
+
+
+def cifar_crop(
+    data: tf.Tensor, seed: tf.Tensor, size: int, *, pad: int = 4, method: str = "bilinear"
+) -> tf.Tensor:
+    """Zero-pads by ``pad`` pixels and takes a random ``size`` crop (He et al. 2016, CIFAR)."""
+    image = decode_rgb(data)
+    if image.shape[0] != size or image.shape[1] != size:
+        image = resize(image, (size, size), method)
+    image = tf.pad(tf.cast(image, tf.float32), [[pad, pad], [pad, pad], [0, 0]])
+    return tf.image.stateless_random_crop(image, [size, size, 3], seed=seed)
+
+
+def flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+    """Flips left-right with probability 1/2."""
+    return tf.image.stateless_random_flip_left_right(image, seed=seed)
+
+
+def normalize(image: tf.Tensor, preset: presets.Preset) -> tf.Tensor:
+    """Maps [0, 255] RGB to model inputs with the preset's convention (torch, caffe or tf)."""
+    return tf.cast(presets.normalize(tf.cast(image, tf.float32), preset), tf.float32)
+
+
+def example_seed(seed: int, counter: tf.Tensor) -> tf.Tensor:
+    """The stateless seed of one example: a function of the run seed and its global counter."""
+    return tf.stack([tf.constant(seed, tf.int64), tf.cast(counter, tf.int64)])
+
+
+def epoch_shuffle_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
+    """An int64 shuffle seed for ``epoch`` derived from the run seed (negative counters keep it
+    apart from the per-example seeds)."""
+    key = tf.stack([tf.constant(seed, tf.int64), -1 - tf.cast(epoch, tf.int64)])
+    return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
+
+
+def eval_preset(config: Any) -> presets.Preset:
+    """The resize/crop/interpolation/normalisation the eval transform uses for a data config.
+
+    With ``config.preset`` set, the preset decides (its resize/crop ratio scaled to
+    ``image_size``, its resize mode and interpolation); otherwise ``crop_pct``,
+    ``interpolation``, ``mean`` and ``std`` do.
+    """
+    size = int(config.image_size)
+    if config.get("preset"):
+        p = presets.get_preset(config.preset)
+        resize_size = size * p.resize // p.crop if p.crop != size else p.resize
+        return dataclasses.replace(p, resize=resize_size, crop=size)
+    return presets.Preset(
+        name="config",
+        resize=int(size / float(config.crop_pct)),
+        crop=size,
+        interpolation=config.interpolation,
+        mode="torch",
+        mean=tuple(float(m) for m in config.mean),
+        std=tuple(float(s) for s in config.std),
+    )
+
+
+def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
+    """Returns ``fn(data, seed) -> float32 (S, S, 3)`` for ``config.train_preprocess``."""
+    _check_choice("train_preprocess", config.train_preprocess, TRAIN_PREPROCESS)
+    preset = eval_preset(config)
+    size, method = int(config.image_size), preset.interpolation
+    _check_choice("interpolation", method, INTERPOLATIONS)
+
+    def transform(data: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
+        crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
+        if config.train_preprocess == "inception_crop":
+            image = inception_crop(
+                data, crop_seed, size, min_area=float(config.min_area), method=method
+            )
+        elif config.train_preprocess == "cifar_crop":
+            image = cifar_crop(data, crop_seed, size, method=method)
+        else:
+            image = resize(decode_rgb(data), (size, size), method)
+        if config.flip:
+            image = flip(image, flip_seed)
+        image = normalize(image, preset)
+        image.set_shape([size, size, 3])
+        return image
+
+    return transform
+
+
+def make_eval_transform(config: Any) -> Callable[[tf.Tensor], tf.Tensor]:
+    """Returns ``fn(data) -> float32 (S, S, 3)`` for ``config.eval_preprocess``."""
+    _check_choice("eval_preprocess", config.eval_preprocess, EVAL_PREPROCESS)
+    preset = eval_preset(config)
+    size, method = int(config.image_size), preset.interpolation
+    _check_choice("interpolation", method, INTERPOLATIONS)
+
+    # A preset with resize_mode 'squash' (Keras load_img) resizes straight to the crop size.
+    squash = getattr(preset, "resize_mode", "short_side") == "squash"
+
+    def transform(data: tf.Tensor) -> tf.Tensor:
+        if config.eval_preprocess == "center_crop" and not squash:
+            image = resize_and_center_crop(
+                data, resize_size=preset.resize, crop_size=size, method=method
+            )
+        else:
+            image = resize(decode_rgb(data), (size, size), method)
+        image = normalize(image, preset)
+        image.set_shape([size, size, 3])
+        return image
+
+    return transform

@@ -1,0 +1,222 @@
+"""Where examples come from: TFDS builders, in-memory arrays and image files, as tf.data records.
+
+A ``Source`` is one process's shard in a fixed order, not yet decoded, so that shuffling and
+skipping (for resume) stay cheap; the pipeline decodes after both. Imports TensorFlow; only
+the pipeline imports this module, lazily.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from resnet_jax.data import preprocess  # noqa: F401  (hides GPUs from TF on import)
+from resnet_jax.data.shards import even_shard, train_shard
+
+Example = dict[str, tf.Tensor]
+SPECIAL_DATASETS = ("digits", "folder", "synthetic")
+TFDS_EXAMPLES = ("imagenet2012", "imagenette", "tf_flowers", "cifar10")
+_FILE_ORDER_SEED = 0  # Mixes classes before sharding folders; part of the data definition.
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """One process's examples ``{'image', 'label'}`` in a fixed order, with their count.
+
+    ``load`` runs per example after shuffling/skipping (e.g. reads a file); ``shuffle_buffer``
+    None means the records are small enough to shuffle fully.
+    """
+
+    records: tf.data.Dataset
+    num_examples: int
+    total_examples: int  # In the whole split, across all processes.
+    load: Callable[[Example], Example] | None = None
+    shuffle_buffer: int | None = None
+
+
+def unknown_dataset_message(name: str) -> str:
+    return (
+        f"Unknown dataset {name!r}. Supported: {', '.join(map(repr, SPECIAL_DATASETS))}, or any "
+        "TFDS image-classification dataset with 'image' and 'label' features, such as "
+        f"{', '.join(map(repr, TFDS_EXAMPLES))} (tfds.list_builders() lists them all)."
+    )
+
+
+def _manual_dir(config: Any, builder: Any) -> str:
+    return config.get("manual_dir") or os.path.join(builder.data_dir_root, "downloads", "manual")
+
+
+def _manual_files_message(config: Any, builder: Any, error: Exception) -> str:
+    manual_dir = _manual_dir(config, builder)
+    data_dir = str(builder.data_dir_root)
+    command = f"tfds build {builder.name} --data_dir={data_dir} --manual_dir={manual_dir}"
+    if builder.name == "imagenet2012":
+        return (
+            "ImageNet (imagenet2012) cannot be downloaded automatically. Download "
+            "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org and "
+            f"put them in {manual_dir} (TFDS expects <data_dir>/downloads/manual/"
+            "ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar), then prepare the dataset "
+            f"once with:\n  {command}\n(TFDS said: {error})"
+        )
+    return (
+        f"Dataset {builder.name!r} needs files downloaded by hand into {manual_dir}; then run:\n"
+        f"  {command}\n(TFDS said: {error})"
+    )
+
+
+def patch_tfds_importlib_resources() -> None:
+    """Lets TFDS 4.9.10 prepare datasets where the ``importlib_resources`` backport is missing.
+
+    TFDS's ``code_path`` uses ``importlib_resources.abc`` but only requires the backport on
+    Python < 3.9 (tensorflow/datasets#11212); the standard library's module serves on 3.11.
+    """
+    try:
+        import importlib_resources  # noqa: F401
+    except ImportError:
+        import importlib.resources
+        import importlib.resources.abc  # noqa: F401  (makes the .abc attribute available)
+
+        sys.modules["importlib_resources"] = importlib.resources
+
+
+def tfds_builder(config: Any) -> Any:
+    """The TFDS builder of ``config.dataset``, prepared (downloaded if allowed) and checked."""
+    import tensorflow_datasets as tfds
+
+    patch_tfds_importlib_resources()
+
+    try:
+        builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+    except tfds.core.registered.DatasetNotFoundError:
+        raise ValueError(unknown_dataset_message(config.dataset)) from None
+    features = builder.info.features
+    if "image" not in features or "label" not in features:
+        raise ValueError(
+            f"TFDS dataset {config.dataset!r} has features {list(features)}; an image "
+            "classification dataset with 'image' and 'label' features is needed."
+        )
+    if builder.is_prepared():
+        return builder
+    if not config.get("download", True) and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        raise FileNotFoundError(
+            f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and "
+            f"data.download is False. Prepare it with: tfds build {builder.name} "
+            f"--data_dir={builder.data_dir_root}"
+        )
+    download_config = tfds.download.DownloadConfig(manual_dir=config.get("manual_dir"))
+    try:
+        builder.download_and_prepare(download_config=download_config)
+    except AssertionError as e:  # TFDS's way of saying the manual files are missing.
+        if not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+            raise
+        raise FileNotFoundError(_manual_files_message(config, builder, e)) from None
+    return builder
+
+
+def tfds_count(builder: Any, split: Any) -> int:
+    """Examples in ``split`` from the metadata; counted from the data when the metadata has
+    none (as under ``tfds.testing.mock_data``, whose split metadata is empty)."""
+    import tensorflow_datasets as tfds
+
+    try:
+        n = int(builder.info.splits[split].num_examples)
+    except (KeyError, ValueError):
+        n = 0
+    if n > 0:
+        return n
+    ds = builder.as_dataset(split=split, decoders={"image": tfds.decode.SkipDecoding()})
+    n = int(ds.cardinality())
+    if n >= 0:
+        return n
+    return int(ds.reduce(np.int64(0), lambda count, _: count + 1))
+
+
+def check_split(builder: Any, split: str, config: Any) -> None:
+    """Says which splits exist when ``split`` names one the prepared dataset lacks."""
+    available = list(builder.info.splits)
+    if not available:  # Mocked or metadata-less datasets accept any split.
+        return
+    for part in split.split("+"):
+        name = part.split("[")[0].strip()
+        if name not in available:
+            hint = ""
+            if builder.name == "imagenet2012" and name == "validation":
+                hint = f" Was ILSVRC2012_img_val.tar in {_manual_dir(config, builder)}?"
+            raise ValueError(
+                f"Dataset {builder.name!r} has no split {name!r} (from {split!r}); it has "
+                f"{', '.join(available)}.{hint}"
+            )
+
+
+def tfds_source(
+    config: Any, split: str, *, process_index: int, process_count: int, train: bool
+) -> Source:
+    """This process's part of a TFDS split as encoded image bytes (``SkipDecoding``), in file
+    order; a training shard drops the remainder so that all shards are equal."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds_builder(config)
+    check_split(builder, split, config)
+    subsplit = tfds.split_for_jax_process(
+        split, process_index=process_index, process_count=process_count, drop_remainder=train
+    )
+    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=True)
+    ds = builder.as_dataset(
+        split=subsplit,
+        shuffle_files=False,
+        decoders={"image": tfds.decode.SkipDecoding()},
+        read_config=read_config,
+    )
+    ds = ds.map(
+        lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)},
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    )
+    n_local = tfds_count(builder, subsplit)
+    n_total = n_local if process_count == 1 else tfds_count(builder, split)
+    return Source(ds, n_local, n_total, shuffle_buffer=int(config.shuffle_buffer))
+
+
+def _shard(n: int, process_index: int, process_count: int, train: bool) -> tuple[int, int]:
+    if train:
+        return train_shard(n, process_index, process_count)
+    return even_shard(n, process_index, process_count)
+
+
+def array_source(
+    images: np.ndarray, labels: np.ndarray, *, process_index: int, process_count: int, train: bool
+) -> Source:
+    """In-memory uint8 images (N, H, W, 3) and labels; each process takes a contiguous shard."""
+    start, stop = _shard(len(labels), process_index, process_count, train)
+    ds = tf.data.Dataset.from_tensor_slices(
+        {"image": images[start:stop], "label": np.asarray(labels[start:stop], np.int32)}
+    )
+    return Source(ds, stop - start, len(labels))
+
+
+def _read_file(ex: Example) -> Example:
+    return {"image": tf.io.read_file(ex["image"]), "label": ex["label"]}
+
+
+def files_source(
+    files: Sequence[str], labels: Sequence[int], *, process_index: int, process_count: int,
+    train: bool,
+) -> Source:
+    """Image files with labels; the order is mixed with a fixed seed before sharding so every
+    process sees every class, and files are read only after shuffling/skipping."""
+    order = np.random.default_rng(_FILE_ORDER_SEED).permutation(len(files))
+    start, stop = _shard(len(files), process_index, process_count, train)
+    order = order[start:stop]
+    ds = tf.data.Dataset.from_tensor_slices(
+        {
+            "image": np.asarray([files[i] for i in order], dtype=object).astype(str),
+            "label": np.asarray([labels[i] for i in order], np.int32),
+        }
+    )
+    return Source(ds, stop - start, len(files), load=_read_file)

@@ -1,0 +1,136 @@
+"""Folder datasets: class subfolders, robust to files TensorFlow cannot decode."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from resnet_jax.data import folder, pipeline, write_digits_folder
+
+_ROWS, _COLS = np.meshgrid(np.arange(20), np.arange(24), indexing="ij")
+RGB = np.stack([_ROWS * 12, _COLS * 10, 255 - _ROWS * 6], -1).astype(np.uint8)  # Smooth.
+
+
+def _save(path, image: Image.Image, fmt: str, **kwargs) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    image.save(path, fmt, **kwargs)
+
+
+@pytest.fixture(scope="module")
+def messy_folder(tmp_path_factory):
+    """Two classes of good, convertible and broken files; returns (root, good, bad) names."""
+    root = tmp_path_factory.mktemp("messy")
+    a, b = root / "a", root / "b"
+    _save(a / "rgb.jpg", Image.fromarray(RGB), "JPEG")
+    _save(a / "grey.png", Image.fromarray(RGB[..., 0]), "PNG")
+    _save(a / "rgba.png", Image.fromarray(np.dstack([RGB, RGB[..., :1]])), "PNG")
+    _save(a / "cmyk.jpg", Image.fromarray(RGB).convert("CMYK"), "JPEG")
+    _save(b / "png_inside.jpg", Image.fromarray(RGB), "PNG")
+    _save(b / "deep.png", Image.fromarray(RGB[..., 1].astype(np.uint16) * 257), "PNG")
+    _save(b / "palette.gif", Image.fromarray(RGB).convert("P"), "GIF")
+    (b / "empty.jpg").write_bytes(b"")
+    (b / "text.jpg").write_text("not an image")
+    buf = io.BytesIO()
+    Image.fromarray(RGB).save(buf, "JPEG")
+    (a / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    _save(a / "photo.tiff", Image.fromarray(RGB), "TIFF")  # Not an image extension: ignored.
+    _save(b / "scan.jpeg", Image.fromarray(RGB), "TIFF")  # TIFF bytes TF cannot decode.
+    good = {"rgb.jpg", "grey.png", "rgba.png", "cmyk.jpg", "png_inside.jpg", "deep.png",
+            "palette.gif"}
+    bad = {"empty.jpg", "text.jpg", "truncated.jpg", "scan.jpeg"}
+    return root, good, bad
+
+
+def test_scan_keeps_decodable_images_and_lists_the_rest(messy_folder):
+    root, good, bad = messy_folder
+    index = folder.scan_folder(root)
+    assert index.class_names == ("a", "b")
+    assert {p.rsplit("/", 1)[1] for p in index.files} == good
+    assert {p.rsplit("/", 1)[1] for p in index.skipped} == bad
+    assert index.labels == tuple(0 if "/a/" in p else 1 for p in index.files)
+
+
+def test_every_kept_file_decodes_to_rgb_uint8(messy_folder):
+    tf = pytest.importorskip("tensorflow")
+    from resnet_jax.data import preprocess
+
+    root, _, _ = messy_folder
+    for path in folder.scan_folder(root).files:
+        image = preprocess.decode_rgb(tf.io.read_file(path)).numpy()
+        assert image.shape == (20, 24, 3) and image.dtype == np.uint8, path
+        if path.endswith(("rgb.jpg", "cmyk.jpg")):
+            assert np.abs(image.astype(int) - RGB).mean() < 8, path
+
+
+def _folder_config(root, **overrides):
+    config = pipeline.default_data_config()
+    config.update(dict(dataset="folder", folder=str(root), image_size=16,
+                       eval_preprocess="resize", private_threads=0))
+    config.update(overrides)
+    return config
+
+
+def test_pipeline_iterates_a_messy_folder_to_the_end(messy_folder):
+    root, good, _ = messy_folder
+    config = _folder_config(root, eval_folder=str(root))
+    info = pipeline.get_dataset_info(config)
+    assert (info.num_classes, info.num_train, info.num_eval) == (2, len(good), len(good))
+    train = pipeline.create_train_iterator(
+        config, global_batch_size=4, seed=0, process_index=0, process_count=1
+    )
+    for _ in range(5):  # Several epochs of 7 files.
+        assert next(train)["image"].shape == (4, 16, 16, 3)
+    batches = list(pipeline.create_eval_iterator(
+        config, global_batch_size=4, process_index=0, process_count=1
+    ))
+    assert sum(b["mask"].sum() for b in batches) == len(good)
+
+
+def test_digits_written_as_pngs_read_back_with_their_labels(tmp_path):
+    root = write_digits_folder(tmp_path / "digits", split="eval", image_size=16, per_class=3)
+    index = folder.scan_folder(root)
+    assert index.class_names == tuple("0123456789") and len(index) == 30 and not index.skipped
+    for path, label in zip(index.files, index.labels, strict=True):
+        assert path.split("/")[-2] == str(label)
+        assert Image.open(path).size == (16, 16)
+
+    config = _folder_config(root, eval_fraction=0.34)
+    info = pipeline.get_dataset_info(config)
+    assert (info.num_train, info.num_eval, info.class_names) == (20, 10, tuple("0123456789"))
+    batches = list(pipeline.create_eval_iterator(
+        config, global_batch_size=8, process_index=0, process_count=1
+    ))
+    labels = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
+    np.testing.assert_array_equal(np.sort(labels), np.arange(10))  # One per class held out.
+
+
+def test_folder_resume_reproduces_the_stream(tmp_path):
+    root = write_digits_folder(tmp_path / "d", split="train", image_size=16, per_class=2)
+    config = _folder_config(root, eval_fraction=0.0)
+    kwargs = dict(global_batch_size=6, seed=5, process_index=1, process_count=2)
+    it = pipeline.create_train_iterator(config, **kwargs)
+    full = [next(it) for _ in range(7)]  # 10 files per process: epochs end mid-batch.
+    resumed = pipeline.create_train_iterator(config, start_step=4, **kwargs)
+    for want in full[4:]:
+        got = next(resumed)
+        np.testing.assert_array_equal(got["image"], want["image"])
+        np.testing.assert_array_equal(got["label"], want["label"])
+
+
+def test_missing_folder_says_so(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        folder.scan_folder(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="data.folder"):
+        pipeline.get_dataset_info({"dataset": "folder"})
+
+
+def test_holdout_split_is_fixed_stratified_and_disjoint(tmp_path):
+    root = write_digits_folder(tmp_path / "d", split="train", image_size=8, per_class=10)
+    index = folder.scan_folder(root)
+    train, held = folder.holdout_split(index, 0.2)
+    again, _ = folder.holdout_split(folder.scan_folder(root), 0.2)
+    assert train.files == again.files
+    assert not set(train.files) & set(held.files)
+    assert len(train) + len(held) == 100
+    np.testing.assert_array_equal(np.bincount(held.labels), [2] * 10)
