@@ -1,0 +1,114 @@
+"""timm ResNets -> Flax: resnet18..152 (torchvision layout) and the ResNet-D family.
+
+timm's ``resnet50d`` has a deep stem (``conv1.0/.3/.6`` + BNs) and an average-pool
+shortcut (``downsample.1/.2``); the layout follows the model, so one function serves both.
+
+    variables = from_timm(timm.create_model("resnet50d"), "resnet50d")
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import flax.linen as nn
+
+from resnet_jax.convert.common import Variables, convert, resolve_model
+from resnet_jax.convert.reference import (
+    Reference,
+    WeightsDownloadError,
+    preset_from_values,
+    randomize_torch_batchnorm,
+    torch_runner,
+)
+from resnet_jax.convert.torch_compat import import_timm, load_torch_file
+from resnet_jax.convert.torch_layout import is_bn_counter, torch_layout
+from resnet_jax.convert.torchvision import StateDictSource, state_dict_arrays
+
+TIMM_MODELS = tuple(f"resnet{d}{s}" for s in ("", "d") for d in (18, 34, 50, 101, 152))
+
+
+def from_timm(
+    source: StateDictSource, model: str | nn.Module = "resnet50", **overrides: Any
+) -> Variables:
+    """timm weights (module, state_dict or file) -> {'params', 'batch_stats'} for ``model``."""
+    label, module = resolve_model(model, **overrides)
+    return convert(
+        state_dict_arrays(source),
+        module,
+        torch_layout(module),
+        f"{label} (timm layout)",
+        ignore=is_bn_counter,
+    )
+
+
+def check_model_name(name: str) -> None:
+    if name not in TIMM_MODELS:
+        raise ValueError(
+            f"timm ResNets converted here: {', '.join(TIMM_MODELS)}; got {name!r} "
+            f"(Wide ResNet and ResNeXt come from --source torchvision)."
+        )
+
+
+def preset_for(model: Any) -> Any:
+    """The evaluation preprocessing timm publishes with the weights (its pretrained_cfg)."""
+    from timm.data import resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    crop = cfg["input_size"][-1]
+    return preset_from_values(
+        "timm",
+        math.floor(crop / cfg["crop_pct"]),
+        crop,
+        cfg["interpolation"],
+        tuple(cfg["mean"]),
+        tuple(cfg["std"]),
+    )
+
+
+def published_name(name: str, weights: str) -> str:
+    """'a1_in1k' or 'resnet50.a1_in1k' -> 'resnet50.a1_in1k', checked against timm's list."""
+    full = weights if "." in weights else f"{name}.{weights}"
+    known = import_timm().list_pretrained(f"{name}.*")
+    if full not in known:
+        raise ValueError(
+            f"{weights!r} is neither a file nor published timm weights for {name}; published: "
+            f"{', '.join(k.split('.', 1)[1] for k in known)}."
+        )
+    return full
+
+
+def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Reference:
+    """timm's model from a file, a published tag (resnet50.a1_in1k) or a seeded random init
+    with randomised BN statistics, and its conversion."""
+    import torch
+
+    check_model_name(name)
+    timm = import_timm()
+    torch.manual_seed(seed)
+    if weights is None or os.path.exists(weights):
+        model = timm.create_model(name, pretrained=False)
+        if weights is None:
+            randomize_torch_batchnorm(model, seed, preset_for(model))
+            label, source = f"random (seed {seed})", model
+        else:
+            source = load_torch_file(weights)
+            label = str(weights)
+    else:
+        label = published_name(name, weights)
+        try:
+            model = timm.create_model(label, pretrained=True)
+        except Exception as e:
+            raise WeightsDownloadError(
+                f"timm weights {label}",
+                f"the Hugging Face Hub (timm/{label})",
+                f"--weights /path/to/{label}.safetensors (or .pth), e.g. the model.safetensors "
+                f"of https://huggingface.co/timm/{label}",
+                e,
+            ) from e
+        source = model
+    variables = from_timm(source, name)  # checks every key before torch sees them
+    if isinstance(source, dict):
+        model.load_state_dict(source)
+    return Reference("timm", name, label, preset_for(model), variables, torch_runner(model), model)

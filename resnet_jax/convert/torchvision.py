@@ -1,0 +1,158 @@
+"""torchvision ResNets <-> Flax: state_dicts from a model, a ``.pth`` or a ``.safetensors``.
+
+The reverse direction writes torchvision's own layout, so weights trained here load there:
+
+    variables = from_torchvision("resnet50.pth", "resnet50")
+    state_dict = to_torchvision(variables, "resnet50")   # loads with strict=True in torchvision
+"""
+
+from __future__ import annotations
+
+import os
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any
+
+import flax.linen as nn
+import numpy as np
+
+from resnet_jax.convert.common import Variables, convert, export, resolve_model
+from resnet_jax.convert.reference import (
+    Reference,
+    WeightsDownloadError,
+    preset_from_values,
+    randomize_torch_batchnorm,
+    torch_runner,
+)
+from resnet_jax.convert.torch_compat import import_torchvision, load_torch_file, to_numpy
+from resnet_jax.convert.torch_layout import is_bn_counter, torch_layout
+from resnet_jax.data.presets import get_preset
+
+TORCHVISION_MODELS = (
+    "resnet18",
+    "resnet34",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "wide_resnet50_2",
+    "wide_resnet101_2",
+    "resnext50_32x4d",
+    "resnext101_32x8d",
+    "resnext101_64x4d",
+)
+
+StateDictSource = Mapping[str, Any] | str | os.PathLike | Any  # mapping, file or nn.Module
+
+
+def state_dict_arrays(source: StateDictSource) -> dict[str, np.ndarray]:
+    """A state_dict as NumPy arrays, from a mapping, a weights file or a torch module."""
+    if isinstance(source, str | os.PathLike):
+        source = load_torch_file(source)
+    elif hasattr(source, "state_dict") and callable(source.state_dict):
+        source = source.state_dict()
+    return to_numpy(source)
+
+
+def from_torchvision(
+    source: StateDictSource, model: str | nn.Module = "resnet50", **overrides: Any
+) -> Variables:
+    """torchvision (or same-layout timm) weights -> {'params', 'batch_stats'} for ``model``."""
+    label, module = resolve_model(model, **overrides)
+    return convert(
+        state_dict_arrays(source),
+        module,
+        torch_layout(module),
+        f"{label} (torchvision layout)",
+        ignore=is_bn_counter,
+    )
+
+
+def to_torchvision(
+    variables: Variables, model: str | nn.Module = "resnet50", **overrides: Any
+) -> OrderedDict[str, Any]:
+    """Flax variables -> a torchvision state_dict (torch tensors, with BN batch counters), so
+    ``torchvision.models.get_model(name).load_state_dict(sd)`` accepts it strictly."""
+    import torch
+
+    _, module = resolve_model(model, **overrides)
+    arrays = export(variables, torch_layout(module))
+    state_dict: OrderedDict[str, Any] = OrderedDict()
+    for key, value in arrays.items():
+        state_dict[key] = torch.from_numpy(np.array(value))  # owned, writable copy
+        if key.endswith(".running_var"):
+            counter = key[: -len("running_var")] + "num_batches_tracked"
+            state_dict[counter] = torch.tensor(0, dtype=torch.long)
+    return state_dict
+
+
+def check_model_name(name: str) -> None:
+    if name not in TORCHVISION_MODELS:
+        raise ValueError(
+            f"torchvision has no ResNet named {name!r}; choose one of "
+            f"{', '.join(TORCHVISION_MODELS)} (ResNet-D models come from --source timm, "
+            f"v1/v2 models from --source keras)."
+        )
+
+
+def published_weights(name: str, weights: str) -> Any:
+    """The torchvision weights enum entry, e.g. ('resnet50', 'IMAGENET1K_V2')."""
+    tv = import_torchvision()
+    enum = tv.models.get_model_weights(name)
+    key = weights.split(".")[-1]
+    if key not in enum.__members__:
+        raise ValueError(
+            f"{weights!r} is neither a file nor a published weight of torchvision {name}; "
+            f"published: {', '.join(enum.__members__)}."
+        )
+    return enum[key]
+
+
+def preset_for(weights: Any | None) -> Any:
+    """The preprocessing that belongs to a torchvision weights enum entry (V1 when unknown)."""
+    if weights is None:
+        return get_preset("torchvision_v1")
+    t = weights.transforms()
+    return preset_from_values(
+        "torchvision",
+        t.resize_size[0],
+        t.crop_size[0],
+        t.interpolation.value,
+        tuple(t.mean),
+        tuple(t.std),
+    )
+
+
+def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Reference:
+    """torchvision's model from a file, a published name (IMAGENET1K_V2) or a seeded random
+    init with randomised BN statistics, and its conversion."""
+    import torch
+
+    check_model_name(name)
+    tv = import_torchvision()
+    torch.manual_seed(seed)
+    model = tv.models.get_model(name, weights=None)
+    enum_entry = None
+    if weights is None:
+        randomize_torch_batchnorm(model, seed, preset_for(None))
+        label, source = f"random (seed {seed})", model
+    elif os.path.exists(weights):
+        source = load_torch_file(weights)
+        label = str(weights)
+    else:
+        enum_entry = published_weights(name, weights)
+        try:
+            source = enum_entry.get_state_dict(progress=False, check_hash=True)
+        except Exception as e:
+            raise WeightsDownloadError(
+                f"torchvision {enum_entry}",
+                enum_entry.url,
+                f"--weights /path/to/{os.path.basename(enum_entry.url)}",
+                e,
+            ) from e
+        label = str(enum_entry)
+    variables = from_torchvision(source, name)  # checks every key before torch sees them
+    if source is not model:
+        model.load_state_dict(source)
+    return Reference(
+        "torchvision", name, label, preset_for(enum_entry), variables, torch_runner(model), model
+    )

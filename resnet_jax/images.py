@@ -1,0 +1,93 @@
+"""Image files to model inputs with Pillow and NumPy, no TensorFlow: the path used by
+prediction and feature extraction, exact to torchvision's and Keras's own loaders."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from resnet_jax.data.presets import Preset, normalize
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+_FILTERS = {
+    "nearest": Image.Resampling.NEAREST,
+    "bilinear": Image.Resampling.BILINEAR,
+    "bicubic": Image.Resampling.BICUBIC,
+}
+
+
+class BadImageError(ValueError):
+    """A file that is not a readable image."""
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Opens any image Pillow reads as 8-bit RGB: grayscale, palette, RGBA (alpha dropped, as
+    torchvision and Keras do), CMYK and 16-bit files are converted."""
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+                arr = np.asarray(img, dtype=np.float64)
+                peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+                img = Image.fromarray(np.round(arr * 255.0 / peak).astype(np.uint8), "L")
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise BadImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
+
+
+def preprocess(img: Image.Image, preset: Preset) -> np.ndarray:
+    """Resize, center-crop and normalise one RGB image as the weights' own framework did."""
+    resample = _FILTERS[preset.interpolation]
+    w, h = img.size
+    if preset.resize_mode == "squash":
+        img = img.resize((preset.crop, preset.crop), resample)
+    else:
+        # torchvision.transforms.Resize(int): shorter side -> resize, longer side truncated.
+        if w <= h:
+            size = (preset.resize, int(preset.resize * h / w))
+        else:
+            size = (int(preset.resize * w / h), preset.resize)
+        img = img.resize(size, resample)
+        w, h = img.size
+        top = int(round((h - preset.crop) / 2.0))
+        left = int(round((w - preset.crop) / 2.0))
+        img = img.crop((left, top, left + preset.crop, top + preset.crop))
+    x = np.asarray(img, dtype=np.float32)
+    return np.asarray(normalize(x, preset), dtype=np.float32)
+
+
+def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
+    """Expands files and folders (recursively, sorted) into image paths by suffix."""
+    paths: list[Path] = []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            paths.extend(sorted(p for p in item.rglob("*")
+                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+        elif item.exists():
+            paths.append(item)
+        else:
+            raise FileNotFoundError(f"{item}: no such file or folder.")
+    return paths
+
+
+def batches(paths: list[Path], preset: Preset, batch_size: int,
+            skipped: list[tuple[str, str]]) -> Iterator[tuple[list[Path], np.ndarray]]:
+    """Yields (paths, images) batches; unreadable files are appended to ``skipped`` with why."""
+    names: list[Path] = []
+    images: list[np.ndarray] = []
+    for path in paths:
+        try:
+            images.append(preprocess(load_rgb(path), preset))
+            names.append(path)
+        except BadImageError as e:
+            skipped.append((str(path), str(e)))
+            continue
+        if len(images) == batch_size:
+            yield names, np.stack(images)
+            names, images = [], []
+    if images:
+        yield names, np.stack(images)
