@@ -82,7 +82,7 @@ def save_converted(
             raise FileExistsError(
                 f"{directory} is not empty; choose a new directory or pass overwrite=True."
             )
-        if not _is_converted(directory):
+        if not is_converted(directory):
             raise FileExistsError(
                 f"{directory} holds something other than a converted checkpoint; not replacing it."
             )
@@ -101,9 +101,10 @@ def save_converted(
     return directory
 
 
-def _is_converted(directory: Path) -> bool:
+def is_converted(directory: str | os.PathLike) -> bool:
+    """True when the directory holds a checkpoint written by save_converted."""
     try:
-        return read_metadata(directory).get("format") == FORMAT
+        return read_metadata(Path(directory)).get("format") == FORMAT
     except Exception:
         return False
 
