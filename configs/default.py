@@ -1,0 +1,63 @@
+"""Defaults shared by every recipe: each field is what the training loop reads.
+
+A recipe file starts from ``get_config()`` and changes what differs; any field can also be
+set on the command line: ``--config.batch_size=512 --config.optimizer.name=lars``.
+"""
+
+import ml_collections
+
+from resnet_jax.data import pipeline
+
+
+def get_config() -> ml_collections.ConfigDict:
+    """ResNet-50 on ImageNet, SGD + Nesterov, cosine; the base the recipes modify."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Initialisation, data order and augmentation all follow from it.
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet50"  # Any name of resnet_jax.list_models().
+    config.model.zero_init_last_bn = True  # Goyal et al.: last BN scale of each block at 0.
+    # Extra ResNet attributes (stage_widths, stem_width, ...): create_model(name, **kwargs).
+    config.model.kwargs = ml_collections.ConfigDict()
+    # Compute dtype: 'bfloat16' (params and BN statistics stay float32) or 'float32'.
+    config.dtype = "float32"
+
+    config.data = pipeline.default_data_config()
+
+    config.batch_size = 256  # Global, over all devices and hosts.
+    config.eval_batch_size = 256
+    config.num_epochs = 90.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs.
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # 'sgd' or 'lars'.
+    config.optimizer.base_learning_rate = 0.1  # Per 256 examples: peak = base * batch / 256.
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = True
+    config.optimizer.weight_decay = 1e-4  # Conv and dense kernels only.
+    config.optimizer.lr_schedule = "cosine"  # 'cosine', 'step', 'polynomial', 'constant'.
+    config.optimizer.warmup_epochs = 5.0  # Linear from 0 to the peak.
+    config.optimizer.lr_boundaries_steps = ()  # 'step': multiply by lr_decay_factor at each.
+    config.optimizer.lr_decay_factor = 0.1
+    config.optimizer.end_learning_rate = 0.0  # 'polynomial'.
+    config.optimizer.polynomial_power = 2.0
+    config.optimizer.grad_clip_norm = 0.0  # > 0 clips the global gradient norm.
+    config.optimizer.lars_trust_coefficient = 0.001
+    config.optimizer.lars_eps = 0.0
+    config.label_smoothing = 0.0
+
+    config.parallelism = "shard_map"  # 'shard_map' (jit over a device mesh) or 'pmap'.
+    config.bn_group_size = 0  # Devices per BatchNorm group; 0 = all devices (sync BN).
+    config.multihost = False  # Call jax.distributed.initialize() (also done when env says so).
+
+    config.log_every_steps = 100
+    config.eval_every_steps = 0  # 0: once per epoch; -1: never (not even at the end).
+    config.num_eval_steps = -1  # -1: the whole validation split.
+    config.checkpoint_every_steps = 0  # 0: once per epoch; always also at the end.
+    config.keep_checkpoints = 3  # 0 disables checkpointing.
+    config.async_checkpointing = True
+    config.prefetch_batches = 2
+    config.progress_bar = True
+    config.tensorboard = True
+    config.plot = True  # curves.png at the end.
+    return config

@@ -1,0 +1,332 @@
+"""``train_and_evaluate(config, workdir)``: the training loop and everything at its edges.
+
+Order of work: check the config (no compile), find the dataset, build mesh, model and
+optimizer, initialise or resume from the workdir's latest checkpoint, then train with
+periodic logging, evaluation and asynchronous checkpoints; finally plot the curves.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from absl import logging
+
+from resnet_jax import parallel as par
+from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint, check_compatible
+from resnet_jax.models import ResNet, create_model
+from resnet_jax.training import optim, steps, validate
+from resnet_jax.training.evaluate import evaluate
+from resnet_jax.training.metrics import MetricWriter, ProgressBar
+from resnet_jax.training.plot import plot_curves
+from resnet_jax.training.state import TrainState, create_train_state
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+
+
+def build_model(
+    config: ml_collections.ConfigDict, num_classes: int, parallel: par.DataParallel
+) -> ResNet:
+    """The configured architecture with compute dtype, BN axes and class count set."""
+    kwargs = {"num_classes": num_classes, **config.model.kwargs.to_dict()}
+    return create_model(
+        config.model.name,
+        dtype=jnp.dtype(config.dtype),
+        param_dtype=jnp.float32,
+        zero_init_last_bn=config.model.zero_init_last_bn,
+        **kwargs,
+        **parallel.model_overrides(),
+    )
+
+
+@dataclasses.dataclass
+class _Run:
+    """Everything one run builds before its first step."""
+
+    config: ml_collections.ConfigDict
+    workdir: str
+    info: Any
+    steps_per_epoch: int
+    total_steps: int
+    parallel: par.DataParallel
+    lr_fn: optax.Schedule
+    train_fn: Callable
+    eval_fn: Callable
+    state: TrainState
+    meta: dict[str, Any]
+    ckpt: Checkpointer | None
+    writer: MetricWriter
+    progress: ProgressBar
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+    """Trains and evaluates as ``config`` says; returns the last train and eval metrics."""
+    run = _setup(config, workdir)
+    try:
+        result = _train(run)
+    finally:
+        run.progress.close()
+        if run.ckpt is not None:
+            run.ckpt.close()  # Waits for the asynchronous saves.
+        run.writer.close()
+    if config.plot and jax.process_index() == 0:
+        run.progress.message(f"Curves: {plot_curves(workdir)}")
+    return result
+
+
+def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+    try:
+        par.init_distributed(config.multihost)
+    except ValueError as e:
+        raise validate.ConfigError(str(e)) from e
+    from resnet_jax.data import pipeline  # TensorFlow, if any, loads lazily behind this.
+
+    devices = jax.devices()
+    validate.check_config(config, num_devices=len(devices), process_count=jax.process_count())
+    try:
+        info = pipeline.get_dataset_info(config.data)
+    except (ValueError, FileNotFoundError) as e:
+        raise validate.ConfigError(f"data ({config.data.dataset!r}): {e}") from e
+    steps_per_epoch = info.num_train // config.batch_size
+    total_steps = config.num_train_steps
+    if total_steps <= 0:
+        total_steps = int(round(config.num_epochs * steps_per_epoch))
+    validate.check_schedule(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+
+    parallel = par.create_data_parallel(config.parallelism, bn_group_size=config.bn_group_size)
+    model = build_model(config, info.num_classes, parallel)
+    lr_fn = optim.create_learning_rate_schedule(
+        config.optimizer,
+        batch_size=config.batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+    )
+    tx = optim.create_optimizer(config.optimizer, lr_fn)
+    size = config.data.image_size
+    state = create_train_state(model, tx, seed=config.seed, image_shape=(size, size, 3))
+    fingerprint = architecture_fingerprint(state.params)
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    state = parallel.replicate(state)
+
+    os.makedirs(workdir, exist_ok=True)
+    ckpt = None
+    if config.keep_checkpoints > 0:
+        ckpt = Checkpointer(
+            os.path.join(workdir, CHECKPOINT_DIR),
+            keep=config.keep_checkpoints,
+            async_save=config.async_checkpointing,
+        )
+        state = _maybe_resume(ckpt, state, parallel, config, fingerprint)
+    is_main = jax.process_index() == 0
+    if is_main:
+        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+
+    train_fn = parallel.compile(
+        functools.partial(
+            steps.train_step,
+            model=model,
+            tx=tx,
+            label_smoothing=config.label_smoothing,
+            axis_name=parallel.axis_name,
+            sync_batch_stats=parallel.has_bn_groups,
+        ),
+        donate_state=True,
+    )
+    eval_fn = parallel.compile(
+        functools.partial(steps.eval_step, model=model, axis_name=parallel.axis_name),
+        donate_state=False,
+    )
+    progress = ProgressBar(total_steps, enabled=is_main and config.progress_bar)
+    progress.message(
+        f"{config.model.name} ({num_params:,} params, {config.dtype}) on {config.data.dataset} "
+        f"({info.num_train} train / {info.num_eval} eval images, {info.num_classes} classes): "
+        f"{total_steps} steps of {config.batch_size} on {parallel.num_devices} "
+        f"{devices[0].platform} device(s) with {parallel.mode}. Workdir: {os.path.abspath(workdir)}"
+    )
+    meta = {
+        "model_name": config.model.name,
+        "architecture": fingerprint,
+        "num_classes": info.num_classes,
+        "class_names": list(info.class_names) if info.class_names else None,
+        "config": json.loads(config.to_json_best_effort()),
+    }
+    return _Run(
+        config=config,
+        workdir=workdir,
+        info=info,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        parallel=parallel,
+        lr_fn=lr_fn,
+        train_fn=train_fn,
+        eval_fn=eval_fn,
+        state=state,
+        meta=meta,
+        ckpt=ckpt,
+        writer=MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard),
+        progress=progress,
+    )
+
+
+def _train(run: _Run) -> dict[str, Any]:
+    from resnet_jax.data import pipeline
+
+    config, parallel, progress = run.config, run.parallel, run.progress
+    state = run.state
+    run.state = None  # Donated to the first step; keep no stale reference.
+    start_step = int(jax.device_get(parallel.unreplicate(state).step))
+    if start_step:
+        progress.message(f"Resuming from the checkpoint at step {start_step}.")
+    epoch_steps = run.steps_per_epoch
+    eval_every = epoch_steps if config.eval_every_steps == 0 else config.eval_every_steps
+    ckpt_every = config.checkpoint_every_steps or epoch_steps
+    log_every = max(config.log_every_steps, 1)
+
+    train_iter = pipeline.create_train_iterator(
+        config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
+    )
+    batches = par.prefetch_to_devices(train_iter, parallel, size=config.prefetch_batches)
+    last_train: dict[str, float] = {}
+    last_eval: dict[str, float] = {}
+    window = _Window()
+    run_start = time.perf_counter()
+    step = start_step
+    for step in range(start_step + 1, run.total_steps + 1):
+        state, metrics = run.train_fn(state, next(batches))
+        window.add(metrics)
+        if step == start_step + 1:  # Keep the compile out of the throughput numbers.
+            jax.block_until_ready(metrics)
+            logging.info("First step (compile + run): %.1f s.", window.restart_clock())
+            run_start = time.perf_counter()
+        is_last = step == run.total_steps
+        if step % log_every == 0 or is_last:
+            last_train = window.summary(parallel, config.batch_size)
+            last_train.update(epoch=step / epoch_steps, learning_rate=float(run.lr_fn(step - 1)))
+            run.writer.write("train", step, last_train)
+            done = step - start_step - 1
+            left = run.total_steps - step
+            eta = (time.perf_counter() - run_start) / done * left if done else None
+            progress.update(
+                step,
+                eta_s=eta,
+                loss=last_train["loss"],
+                top1=last_train["top1"],
+                lr=last_train["learning_rate"],
+                **{"img/s": round(last_train.get("images_per_sec", 0.0), 1)},
+            )
+        if config.eval_every_steps >= 0 and (step % eval_every == 0 or is_last):
+            last_eval = _evaluate(run, state, step)
+            window.restart_clock()  # Keep eval time out of images/s.
+        if run.ckpt is not None and (step % ckpt_every == 0 or is_last):
+            _save(run, state, step)
+        elif run.ckpt is not None and run.ckpt.reached_preemption(step):
+            _save(run, state, step)
+            progress.message(f"Preempted: saved step {step}; rerun the same command to resume.")
+            break
+    if start_step >= run.total_steps:
+        progress.message(f"Nothing to train: the checkpoint is at step {start_step} already.")
+        if config.eval_every_steps >= 0:
+            last_eval = _evaluate(run, state, step)
+    return {"step": step, "train": last_train, "eval": last_eval, "state": state}
+
+
+def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
+    from resnet_jax.data import pipeline
+
+    config = run.config
+    batches = pipeline.create_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+    result = evaluate(
+        run.eval_fn,
+        state,
+        batches,
+        run.parallel,
+        local_batch_size=config.eval_batch_size // jax.process_count(),
+        max_steps=config.num_eval_steps,
+    )
+    result["epoch"] = step / run.steps_per_epoch
+    run.writer.write("eval", step, result)
+    run.progress.message(
+        f"eval @ step {step}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
+        f"loss {result['loss']:.4f}  ({int(result['count'])} images)"
+    )
+    return result
+
+
+def _save(run: _Run, state: TrainState, step: int) -> None:
+    """Starts an asynchronous save of the state; the data position is (seed, step, batch)."""
+    config = run.config
+    data = {"seed": config.seed, "step": step, "global_batch_size": config.batch_size}
+    meta = {**run.meta, "step": step, "data": data}
+    run.ckpt.save(step, run.parallel.unreplicate(state), meta)
+
+
+def _maybe_resume(
+    ckpt: Checkpointer,
+    state: TrainState,
+    parallel: par.DataParallel,
+    config: ml_collections.ConfigDict,
+    fingerprint: str,
+) -> TrainState:
+    """Restores the latest checkpoint into ``state``'s layout after checking it fits."""
+    latest = ckpt.latest_step()
+    if latest is None:
+        return state
+    meta = ckpt.read_meta(latest)
+    check_compatible(
+        meta, model_name=config.model.name, fingerprint=fingerprint, where=ckpt.directory
+    )
+    data = meta.get("data", {})
+    if data.get("seed") != config.seed or data.get("global_batch_size") != config.batch_size:
+        logging.warning(
+            "Resuming with seed %s and batch size %s, but the checkpoint was written with %s and "
+            "%s: the data order differs from an uninterrupted run.",
+            config.seed,
+            config.batch_size,
+            data.get("seed"),
+            data.get("global_batch_size"),
+        )
+    restored, _ = ckpt.restore(parallel.unreplicate(state), step=latest)
+    return parallel.replicate(restored)
+
+
+class _Window:
+    """Train metrics summed on device between log steps (no host sync per step)."""
+
+    def __init__(self) -> None:
+        self.sums: Any = None
+        self.timed_steps = 0
+        self.start = time.perf_counter()
+
+    def add(self, metrics: dict[str, jax.Array]) -> None:
+        self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
+        self.timed_steps += 1
+
+    def restart_clock(self) -> float:
+        """Starts timing anew (after compile or eval); returns the seconds since the last."""
+        now = time.perf_counter()
+        elapsed, self.start, self.timed_steps = now - self.start, now, 0
+        return elapsed
+
+    def summary(self, parallel: par.DataParallel, batch_size: int) -> dict[str, float]:
+        """Means since the last summary, plus images/s and step time; resets the window."""
+        host = jax.device_get(parallel.unreplicate(self.sums))
+        elapsed = time.perf_counter() - self.start
+        out = steps.summarize(host)
+        out.pop("count")
+        if self.timed_steps:  # Windows holding only the compile step have no timing.
+            out["step_time"] = elapsed / self.timed_steps
+            out["images_per_sec"] = batch_size / out["step_time"]
+        self.sums = None
+        self.restart_clock()
+        return out

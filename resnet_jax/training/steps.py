@@ -1,0 +1,96 @@
+"""Per-device train and eval steps: pure functions with named-axis collectives.
+
+The same functions run under ``jax.jit(jax.shard_map(...))`` and ``jax.pmap`` (see
+``resnet_jax.parallel``): gradients are averaged with ``lax.pmean`` over the data axes,
+BatchNorm reduces over the model's ``bn_axis_name``, and metrics are psum'ed sums that
+the host divides by the true example count.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax import lax
+
+from resnet_jax.training.optim import cross_entropy
+from resnet_jax.training.state import TrainState
+
+Metrics = dict[str, jax.Array]
+AxisNames = Hashable | Sequence[Hashable]
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    label_smoothing: float,
+    axis_name: AxisNames,
+    sync_batch_stats: bool = False,
+) -> tuple[TrainState, Metrics]:
+    """One SGD step on this device's shard of the global batch.
+
+    ``sync_batch_stats`` averages the BN running statistics over all devices after the
+    step; needed when BN groups span fewer devices than the data axes. The running
+    averages are linear in the batch statistics, so this equals averaging at the end.
+    """
+    images, labels = batch["image"], batch["label"]
+
+    def loss_fn(params):
+        logits, updates = model.apply(
+            {"params": params, "batch_stats": state.batch_stats},
+            images,
+            train=True,
+            mutable=["batch_stats"],
+        )
+        loss = jnp.mean(cross_entropy(logits, labels, label_smoothing))
+        return loss, (logits, updates["batch_stats"])
+
+    (loss, (logits, batch_stats)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grads = lax.pmean(grads, axis_name)
+    if sync_batch_stats:
+        batch_stats = lax.pmean(batch_stats, axis_name)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+
+    n = jnp.asarray(labels.shape[0], jnp.float32)
+    correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
+    metrics = lax.psum({"loss": loss * n, "top1": correct, "count": n}, axis_name)
+    new_state = state.replace(
+        step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
+    )
+    return new_state, metrics
+
+
+def eval_step(
+    state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, axis_name: AxisNames
+) -> Metrics:
+    """Sums of loss, top-1 and top-5 hits over the masked (real) examples of the batch."""
+    logits = model.apply(state.variables, batch["image"], train=False).astype(jnp.float32)
+    labels = batch["label"]
+    mask = batch["mask"].astype(jnp.float32)
+    k = min(5, logits.shape[-1])
+    top_k = lax.top_k(logits, k)[1]
+    top1 = (top_k[:, 0] == labels).astype(jnp.float32)
+    top5 = jnp.any(top_k == labels[:, None], axis=-1).astype(jnp.float32)
+    loss = cross_entropy(logits, labels)
+    sums = {
+        "loss": jnp.sum(loss * mask),
+        "top1": jnp.sum(top1 * mask),
+        "top5": jnp.sum(top5 * mask),
+        "count": jnp.sum(mask),
+    }
+    return lax.psum(sums, axis_name)
+
+
+def summarize(sums: dict[str, float]) -> dict[str, float]:
+    """Turns summed metrics into means over the true count (count itself is kept)."""
+    count = max(float(sums["count"]), 1.0)
+    out = {k: float(v) / count for k, v in sums.items() if k != "count"}
+    out["count"] = float(sums["count"])
+    return out

@@ -1,0 +1,104 @@
+"""Checks a run's config before anything is compiled, with messages that say what to change.
+
+``check_config`` needs only the config and the device count; ``check_schedule`` runs once
+the dataset size (and so the number of steps) is known.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+from resnet_jax.models import list_models, model_spec
+from resnet_jax.parallel import MODES, check_batch_size
+from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES
+
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+class ConfigError(ValueError):
+    """The config describes a run that cannot work."""
+
+
+def min_image_size(model_kwargs: dict) -> int:
+    """Smallest input for which every stride-2 stage still has a pixel to work on."""
+    stages = len(model_kwargs.get("stage_sizes", (1, 1, 1, 1)))
+    stem_stride = 1 if model_kwargs.get("stem") == "cifar" else 4
+    return stem_stride * 2 ** (stages - 1)
+
+
+def check_config(
+    config: ml_collections.ConfigDict, *, num_devices: int, process_count: int
+) -> None:
+    """Raises ConfigError for an unknown model, dtype, optimizer or an unsplittable batch."""
+    errors = []
+    if config.model.name not in list_models():
+        errors.append(
+            f"Unknown model {config.model.name!r}. Known models: {', '.join(list_models())}."
+        )
+    if config.dtype not in DTYPES:
+        errors.append(f"dtype {config.dtype!r} is not one of {DTYPES}.")
+    if config.parallelism not in MODES:
+        errors.append(f"parallelism {config.parallelism!r} is not one of {MODES}.")
+    if config.optimizer.name not in OPTIMIZERS:
+        errors.append(f"optimizer.name {config.optimizer.name!r} is not one of {OPTIMIZERS}.")
+    if config.optimizer.lr_schedule not in SCHEDULES:
+        errors.append(
+            f"optimizer.lr_schedule {config.optimizer.lr_schedule!r} is not one of {SCHEDULES}."
+        )
+    if not 0.0 <= config.label_smoothing < 1.0:
+        errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1).")
+    for what in ("batch_size", "eval_batch_size"):
+        try:
+            check_batch_size(
+                config[what], num_devices=num_devices, process_count=process_count, what=what
+            )
+        except ValueError as e:
+            errors.append(str(e))
+    group = config.bn_group_size
+    if group > 0 and (num_devices % min(group, num_devices)):
+        errors.append(
+            f"bn_group_size={group} must divide the number of devices ({num_devices}); "
+            "0 means one BN group over all devices."
+        )
+    if config.num_train_steps <= 0 and config.num_epochs <= 0:
+        errors.append("Set num_epochs > 0 or num_train_steps > 0.")
+    if config.model.name in list_models():
+        kwargs = {**model_spec(config.model.name).kwargs, **config.model.kwargs.to_dict()}
+        smallest = min_image_size(kwargs)
+        if config.data.image_size < smallest:
+            errors.append(
+                f"data.image_size={config.data.image_size} is too small for "
+                f"{config.model.name!r}: its stride-2 stages need at least {smallest} px."
+            )
+    if errors:
+        raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def check_schedule(
+    config: ml_collections.ConfigDict, *, steps_per_epoch: int, total_steps: int
+) -> None:
+    """Raises ConfigError when warmup or decay boundaries do not fit in the run."""
+    opt = config.optimizer
+    warmup = int(round(opt.warmup_epochs * steps_per_epoch))
+    errors = []
+    if steps_per_epoch < 1:
+        errors.append(
+            f"batch_size={config.batch_size} is larger than the training set: "
+            "not even one step per epoch."
+        )
+    if total_steps < 1:
+        errors.append(f"The run has {total_steps} training steps; it needs at least one.")
+    if warmup and warmup >= total_steps:
+        errors.append(
+            f"warmup ({opt.warmup_epochs} epochs = {warmup} steps) must be shorter than the "
+            f"run ({total_steps} steps)."
+        )
+    if opt.lr_schedule == "step":
+        bad = [b for b in opt.lr_boundaries_steps if not warmup <= b < total_steps]
+        if bad:
+            errors.append(
+                f"optimizer.lr_boundaries_steps {bad} lie outside [warmup={warmup}, "
+                f"total={total_steps})."
+            )
+    if errors:
+        raise ConfigError("Invalid schedule:\n  - " + "\n  - ".join(errors))

@@ -1,0 +1,149 @@
+"""Schedules, optimizers, weight-decay masks and the loss of the training recipes."""
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+
+from resnet_jax import create_model
+from resnet_jax.training import optim
+
+
+def opt_config(**overrides) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(
+        dict(
+            name="sgd",
+            base_learning_rate=0.1,
+            momentum=0.9,
+            nesterov=True,
+            weight_decay=1e-4,
+            lr_schedule="cosine",
+            warmup_epochs=5.0,
+            lr_boundaries_steps=(),
+            lr_decay_factor=0.1,
+            end_learning_rate=0.0,
+            polynomial_power=2.0,
+            grad_clip_norm=0.0,
+            lars_trust_coefficient=0.001,
+            lars_eps=0.0,
+        )
+    )
+    c.update(overrides)
+    return c
+
+
+@pytest.fixture(scope="module")
+def tiny_params():
+    model = create_model("resnet20", stage_widths=(4, 8, 8), stem_width=4)
+    return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 3)))["params"]
+
+
+def test_peak_learning_rate_scales_with_batch_over_256():
+    assert optim.peak_learning_rate(opt_config(), 1024) == pytest.approx(0.4)
+    assert optim.peak_learning_rate(opt_config(base_learning_rate=0.2), 128) == pytest.approx(0.1)
+
+
+def test_warmup_then_cosine_to_zero():
+    lr = optim.create_learning_rate_schedule(
+        opt_config(), batch_size=1024, steps_per_epoch=10, total_steps=100
+    )
+    assert float(lr(0)) == 0.0
+    assert float(lr(25)) == pytest.approx(0.2, rel=1e-6)  # Halfway through 50 warmup steps.
+    assert float(lr(50)) == pytest.approx(0.4, rel=1e-6)
+    assert float(lr(75)) == pytest.approx(0.2, rel=1e-5)  # Cosine midpoint.
+    assert float(lr(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_step_schedule_decays_tenfold_at_each_boundary():
+    c = opt_config(
+        base_learning_rate=0.2, lr_schedule="step", warmup_epochs=0.0, lr_boundaries_steps=(32, 48)
+    )
+    lr = optim.create_learning_rate_schedule(c, batch_size=128, steps_per_epoch=8, total_steps=64)
+    got = [float(lr(s)) for s in (0, 31, 32, 47, 48, 63)]
+    np.testing.assert_allclose(got, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+
+
+def test_polynomial_schedule_reaches_end_rate():
+    c = opt_config(lr_schedule="polynomial", warmup_epochs=1.0, end_learning_rate=0.001)
+    lr = optim.create_learning_rate_schedule(c, batch_size=256, steps_per_epoch=10, total_steps=60)
+    assert float(lr(10)) == pytest.approx(0.1)
+    assert float(lr(35)) == pytest.approx(0.001 + 0.099 * 0.25, rel=1e-5)  # (1 - 1/2)^2.
+    assert float(lr(60)) == pytest.approx(0.001)
+
+
+def test_weight_decay_mask_selects_kernels_only(tiny_params):
+    mask = optim.kernel_mask(tiny_params)
+    flat = {jax.tree_util.keystr(p): m for p, m in jax.tree_util.tree_leaves_with_path(mask)}
+    kernels = [k for k in flat if k.endswith("['kernel']")]
+    assert kernels and all(flat[k] for k in kernels)
+    others = [k for k in flat if not k.endswith("['kernel']")]
+    assert any("scale" in k for k in others) and any("bias" in k for k in others)
+    assert not any(flat[k] for k in others)
+
+
+def test_sgd_decays_kernels_but_not_bn_or_bias(tiny_params):
+    tx = optim.create_optimizer(
+        opt_config(momentum=0.0, weight_decay=0.5), optax.constant_schedule(1.0)
+    )
+    zeros = jax.tree.map(jnp.zeros_like, tiny_params)
+    updates, _ = tx.update(zeros, tx.init(tiny_params), tiny_params)
+    np.testing.assert_allclose(updates["fc"]["kernel"], -0.5 * tiny_params["fc"]["kernel"])
+    np.testing.assert_array_equal(updates["fc"]["bias"], 0.0)
+    np.testing.assert_array_equal(updates["bn1"]["scale"], 0.0)
+
+
+def test_nesterov_momentum_matches_optax_sgd(tiny_params):
+    tx = optim.create_optimizer(opt_config(weight_decay=0.0), optax.constant_schedule(0.1))
+    ref = optax.sgd(0.1, momentum=0.9, nesterov=True)
+    grads = jax.tree.map(jnp.ones_like, tiny_params)
+    s, r = tx.init(tiny_params), ref.init(tiny_params)
+    for _ in range(3):
+        u, s = tx.update(grads, s, tiny_params)
+        v, r = ref.update(grads, r, tiny_params)
+    jax.tree.map(np.testing.assert_allclose, u, v)
+
+
+def test_lars_adapts_kernels_only(tiny_params):
+    tx = optim.create_optimizer(
+        opt_config(name="lars", momentum=0.0, weight_decay=0.0), optax.constant_schedule(1.0)
+    )
+    grads = jax.tree.map(jnp.ones_like, tiny_params)
+    updates, _ = tx.update(grads, tx.init(tiny_params), tiny_params)
+    # BN scale and biases: plain SGD step; kernels: scaled by trust ratio 1e-3 |w| / |g|.
+    np.testing.assert_allclose(updates["bn1"]["scale"], -1.0)
+    np.testing.assert_allclose(updates["fc"]["bias"], -1.0)
+    w, g = tiny_params["fc"]["kernel"], grads["fc"]["kernel"]
+    ratio = 1e-3 * jnp.linalg.norm(w) / jnp.linalg.norm(g)
+    np.testing.assert_allclose(updates["fc"]["kernel"], -ratio * g, rtol=1e-5)
+
+
+def test_gradient_clipping_bounds_the_global_norm(tiny_params):
+    tx = optim.create_optimizer(
+        opt_config(momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0), optax.constant_schedule(1.0)
+    )
+    grads = jax.tree.map(lambda x: 100.0 * jnp.ones_like(x), tiny_params)
+    updates, _ = tx.update(grads, tx.init(tiny_params), tiny_params)
+    assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_label_smoothing_cross_entropy():
+    logits = jnp.array([[2.0, 0.0, -1.0]], jnp.bfloat16)
+    labels = jnp.array([0])
+    logp = jax.nn.log_softmax(logits.astype(jnp.float32))
+    plain = optim.cross_entropy(logits, labels)
+    smooth = optim.cross_entropy(logits, labels, 0.3)
+    assert plain.dtype == jnp.float32
+    np.testing.assert_allclose(plain, -logp[:, 0], rtol=1e-6)
+    target = jnp.array([0.8, 0.1, 0.1])
+    np.testing.assert_allclose(smooth, -(target * logp).sum(-1), rtol=1e-6)
+
+
+def test_unknown_optimizer_and_schedule_are_rejected():
+    with pytest.raises(ValueError, match="Unknown optimizer 'adam'"):
+        optim.create_optimizer(opt_config(name="adam"), optax.constant_schedule(0.1))
+    with pytest.raises(ValueError, match="Unknown lr_schedule 'linear'"):
+        optim.create_learning_rate_schedule(
+            opt_config(lr_schedule="linear"), batch_size=256, steps_per_epoch=1, total_steps=10
+        )
