@@ -3,6 +3,10 @@
 Any config field can be overridden on the command line (``--config.batch_size=512``); the
 final config is saved in the workdir, and rerunning the same command resumes from the
 latest checkpoint there.
+
+Exit status: 0 when the run is complete; 75 (EX_TEMPFAIL) after a SIGTERM (preemption) once
+a checkpoint of the step it stopped at is saved: rerun the same command to resume; 1 for a
+config, checkpoint or non-finite-loss error (the message says which).
 """
 
 from __future__ import annotations
@@ -40,11 +44,15 @@ def main(argv: list[str]) -> None:
 
     from resnet_jax.checkpoint import CheckpointError
     from resnet_jax.training import train_and_evaluate
+    from resnet_jax.training.faults import PREEMPTED_EXIT_CODE, NonFiniteError, Preempted
     from resnet_jax.training.validate import ConfigError
 
     try:
         train_and_evaluate(_CONFIG.value, workdir)
-    except (ConfigError, CheckpointError) as e:
+    except Preempted as e:
+        print(f"train.py: {e}", file=sys.stderr)
+        sys.exit(PREEMPTED_EXIT_CODE)
+    except (ConfigError, CheckpointError, NonFiniteError) as e:
         sys.exit(f"train.py: {e}")
 
 

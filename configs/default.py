@@ -46,6 +46,18 @@ def get_config() -> ml_collections.ConfigDict:
     config.optimizer.lars_eps = 0.0
     config.label_smoothing = 0.0
 
+    # Fine-tuning (resnet_jax/training/finetune.py; configs/finetune_folder.py): the weights to
+    # start from, a converted checkpoint dir or a training workdir ('' = train from scratch).
+    # The head is replaced for the dataset's classes; a rerun resumes from the workdir instead.
+    config.init_from = ""
+    config.finetune = ml_collections.ConfigDict()
+    # 'none': train everything; 'backbone': only the head (BN statistics frozen too);
+    # 'stages': the stem and the first `frozen_stages` stages stay frozen, the rest trains.
+    config.finetune.freeze = "none"
+    config.finetune.frozen_stages = 0  # 'stages' only: 1..number of stages.
+    config.finetune.backbone_lr_multiplier = 1.0  # Trainable backbone's rate / the head's.
+    config.finetune.new_head = True  # False keeps the source's head (same classes).
+
     config.parallelism = "shard_map"  # 'shard_map' (jit over a device mesh) or 'pmap'.
     config.bn_group_size = 0  # Devices per BatchNorm group; 0 = all devices (sync BN).
     config.multihost = False  # Call jax.distributed.initialize() (also done when env says so).
@@ -56,8 +68,20 @@ def get_config() -> ml_collections.ConfigDict:
     config.checkpoint_every_steps = 0  # 0: once per epoch; always also at the end.
     config.keep_checkpoints = 3  # 0 disables checkpointing.
     config.async_checkpointing = True
+    # An unreadable newest checkpoint: False stops with an error naming it; True resumes from
+    # the newest readable one and renames the unreadable ones to <step>.unreadable.
+    config.restore_fallback = False
+    # SIGTERM saves a checkpoint at the next step boundary and exits with status 75 (train.py);
+    # multi-host runs check whether any host was signalled every this many steps.
+    config.preemption_check_every_steps = 10
+    # A non-finite loss or gradient norm: 'stop' raises naming the step (its state is never
+    # saved); 'skip' keeps the previous state for that step and counts it in the metrics.
+    config.nonfinite = "stop"
     config.prefetch_batches = 2
     config.progress_bar = True
     config.tensorboard = True
     config.plot = True  # curves.png at the end.
+    # After the final evaluation, confusion_matrix.png/.json for datasets with at most this many
+    # classes (one more pass over the eval split); 0: never.
+    config.confusion_matrix_max_classes = 100
     return config

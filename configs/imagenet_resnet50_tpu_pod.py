@@ -6,10 +6,11 @@ epochs then polynomial (power 2) decay, label smoothing 0.1, bf16. BatchNorm sta
 groups of devices: 2 devices x 32 images = 64 images per group on a 128-chip slice
 (v4-256, v5e-128). Adjust bn_group_size so that group size x per-device batch is about 64.
 
-Every host runs the same command; jax.distributed.initialize() finds the pod:
+Every host runs the same command; jax.distributed.initialize() finds the pod. The workdir
+must be a shared filesystem path every host sees (gs:// workdirs are not supported yet):
 
-    python train.py --config=configs/imagenet_resnet50_tpu_pod.py --workdir=gs://bucket/rn50 \\
-        --config.data.data_dir=gs://bucket/tfds
+    python train.py --config=configs/imagenet_resnet50_tpu_pod.py --workdir=/mnt/shared/rn50 \\
+        --config.data.data_dir=/mnt/shared/tfds
 """
 
 import ml_collections

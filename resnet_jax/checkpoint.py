@@ -4,6 +4,11 @@ Each step directory holds two items: ``state`` (the TrainState pytree: params, B
 statistics, optimizer state, step, RNG key) and ``meta`` (JSON: config, model name and
 architecture fingerprint, data position). The data position is the step and the data seed:
 the input pipeline replays the stream from there, so a resumed run continues exactly.
+
+A save is atomic: orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
+complete, so a killed writer leaves only a temporary directory, which restores ignore and
+``remove_partial`` deletes. ``meta`` also records a checksum of the state's bits; a restore
+that reads other bits, or cannot read the files at all, raises ``CheckpointReadError``.
 """
 
 from __future__ import annotations
@@ -11,13 +16,21 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging
+from jax import lax
 
 STATE, META = "state", "meta"
+CHECKSUM = "_checksum"  # Key in the stored meta; removed from what restores return.
+TMP_MARKER = ".orbax-checkpoint-tmp"
+SET_ASIDE_SUFFIX = ".unreadable"
 
 
 def architecture_fingerprint(params: Any) -> str:
@@ -27,8 +40,58 @@ def architecture_fingerprint(params: Any) -> str:
     return hashlib.sha256(json.dumps(desc).encode()).hexdigest()[:16]
 
 
+def _leaf_bits_sum(x: jax.Array) -> jax.Array:
+    """Position-weighted sum (mod 2**32) of an array's bit patterns: exact and order-free."""
+    if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+        x = jax.random.key_data(x)
+    size = jnp.dtype(x.dtype).itemsize
+    if x.dtype == jnp.bool_ or size == 1:
+        bits = x.astype(jnp.uint32)
+    else:
+        bits = lax.bitcast_convert_type(x, {2: jnp.uint16, 4: jnp.uint32}[size])
+        bits = bits.astype(jnp.uint32)
+    bits = bits.ravel()
+    weights = jnp.arange(bits.size, dtype=jnp.uint32) * jnp.uint32(2654435761) + jnp.uint32(1)
+    return jnp.sum(bits * weights, dtype=jnp.uint32)
+
+
+@jax.jit
+def _bits_sums(leaves: list[Any]) -> jax.Array:
+    return jnp.stack([_leaf_bits_sum(x) for x in leaves] or [jnp.uint32(0)])
+
+
+def state_checksum(tree: Any) -> str:
+    """A hex digest of every leaf's exact bits, computed on device (only scalars come back).
+
+    Equal on every process for replicated state; used to verify restores and multi-host runs.
+    """
+    leaves = jax.tree.leaves(tree)
+    sums = np.asarray(jax.device_get(_bits_sums(leaves)))
+    desc = [(tuple(np.shape(x)), str(x.dtype)) for x in leaves]
+    return hashlib.sha256(sums.tobytes() + json.dumps(desc).encode()).hexdigest()[:16]
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint in the workdir cannot continue the configured run."""
+
+
+class CheckpointReadError(CheckpointError):
+    """A checkpoint's files cannot be read back (damaged, truncated) or hold other bits."""
+
+    def __init__(self, step: int, directory: str, cause: str, previous: int | None) -> None:
+        hint = (
+            f" If its files are damaged, set --config.restore_fallback=True to resume from the "
+            f"previous checkpoint (step {previous}); the unreadable one is then renamed to "
+            f"{step}{SET_ASIDE_SUFFIX}, not deleted."
+            if previous is not None
+            else " There is no older checkpoint to fall back to; use a new --workdir to start over."
+        )
+        super().__init__(
+            f"The checkpoint of step {step} in {directory} cannot be read: {cause}.{hint} If the "
+            "config changed the optimizer or the state's layout, rerun with the config that "
+            "wrote it (config.json in the workdir)."
+        )
+        self.step = step
 
 
 class Checkpointer:
@@ -53,6 +116,7 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = True) -> bool:
         """Starts an asynchronous save; returns at once while the write continues."""
+        meta = {**meta, CHECKSUM: state_checksum(state)}
         args = ocp.args.Composite(
             **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
         )
@@ -63,10 +127,15 @@ class Checkpointer:
         step = self.latest_step() if step is None else step
         if step is None:
             return None
-        restored = self.manager.restore(
-            step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()})
-        )
-        return dict(restored[META])
+        try:
+            restored = self.manager.restore(
+                step, args=ocp.args.Composite(**{META: ocp.args.JsonRestore()})
+            )
+            meta = dict(restored[META])
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+            raise self._read_error(step, f"its metadata: {type(e).__name__}: {e}") from e
+        meta.pop(CHECKSUM, None)
+        return meta
 
     def restore(self, target: Any, step: int | None = None) -> tuple[Any, dict[str, Any]]:
         """Restores ``step`` (default: latest) into the structure, dtypes and shardings of
@@ -75,13 +144,92 @@ class Checkpointer:
         if step is None:
             raise CheckpointError(f"No checkpoint in {self.directory}.")
         abstract = jax.tree.map(_abstract, target)
-        restored = self.manager.restore(
-            step,
-            args=ocp.args.Composite(
-                **{STATE: ocp.args.StandardRestore(abstract), META: ocp.args.JsonRestore()}
-            ),
-        )
-        return restored[STATE], dict(restored[META])
+        try:
+            restored = self.manager.restore(
+                step,
+                args=ocp.args.Composite(
+                    **{STATE: ocp.args.StandardRestore(abstract), META: ocp.args.JsonRestore()}
+                ),
+            )
+        except Exception as e:  # orbax/tensorstore raise many types for damaged files.
+            raise self._read_error(step, f"{type(e).__name__}: {e}") from e
+        state, meta = restored[STATE], dict(restored[META])
+        expected = meta.pop(CHECKSUM, None)
+        if expected is not None and state_checksum(state) != expected:
+            raise self._read_error(step, "its arrays differ from what was saved (checksum)")
+        return state, meta
+
+    def restore_latest(
+        self,
+        target: Any,
+        *,
+        fallback: bool = False,
+        check_meta: Callable[[dict[str, Any]], None] | None = None,
+    ) -> tuple[Any, dict[str, Any]] | None:
+        """Restores the newest checkpoint (None without any), after ``check_meta(meta)``.
+
+        An unreadable checkpoint raises ``CheckpointReadError``; with ``fallback`` the next
+        older one is tried, and once one restores, the unreadable newer ones are renamed to
+        ``<step>.unreadable`` (never deleted) so that the run can write those steps again.
+        """
+        unreadable = []
+        for step in sorted(self.all_steps(), reverse=True):
+            try:
+                meta = self.read_meta(step)
+                if check_meta is not None:
+                    check_meta(meta)  # A CheckpointError here is not a reason to fall back.
+                state, meta = self.restore(target, step=step)
+            except CheckpointReadError as e:
+                if not fallback:
+                    raise
+                logging.warning("%s Falling back to an older checkpoint.", e)
+                unreadable.append(step)
+                continue
+            if unreadable:
+                self._set_aside(unreadable)
+                logging.warning(
+                    "Resumed from step %d; unreadable checkpoints %s were renamed to "
+                    "<step>%s in %s.",
+                    step,
+                    unreadable,
+                    SET_ASIDE_SUFFIX,
+                    self.directory,
+                )
+            return state, meta
+        if unreadable:
+            raise CheckpointError(
+                f"No checkpoint in {self.directory} can be read (tried steps {unreadable}); "
+                "nothing was renamed or deleted. Use a new --workdir to start over."
+            )
+        return None
+
+    def remove_partial(self) -> list[str]:
+        """Deletes the temporary directories of saves that never completed (process 0 only)."""
+        if jax.process_index() != 0 or not os.path.isdir(self.directory):
+            return []
+        removed = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n)
+        for name in removed:
+            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        if removed:
+            logging.info("Removed unfinished checkpoint writes: %s", ", ".join(removed))
+        return removed
+
+    def _read_error(self, step: int, cause: str) -> CheckpointReadError:
+        cause = cause.split(" [tensorstore_spec")[0]  # Drop tensorstore's kilobytes of spec.
+        cause = cause if len(cause) <= 500 else cause[:500] + "..."
+        older = [s for s in self.all_steps() if s < step]
+        return CheckpointReadError(step, self.directory, cause, older[-1] if older else None)
+
+    def _set_aside(self, steps: list[int]) -> None:
+        if jax.process_index() == 0:
+            for step in steps:
+                path = os.path.join(self.directory, str(step))
+                os.replace(path, path + SET_ASIDE_SUFFIX)
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            multihost_utils.sync_global_devices("resnet_jax.checkpoint.set_aside")
+        self.manager.reload()
 
     def reached_preemption(self, step: int) -> bool:
         """True once the job was told to stop (e.g. TPU maintenance): save now, then exit."""

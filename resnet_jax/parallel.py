@@ -104,6 +104,8 @@ class DataParallel:
 
     def model_overrides(self) -> dict[str, Any]:
         """BatchNorm settings for ``create_model`` so BN statistics span one group."""
+        if self.bn_group == 1:  # Per-device BN: no collective at all, not singleton groups.
+            return {"bn_axis_name": None, "bn_axis_index_groups": None}
         if self.mode == "shard_map":
             return {"bn_axis_name": "bn", "bn_axis_index_groups": None}
         groups = None

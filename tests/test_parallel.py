@@ -15,13 +15,7 @@ from resnet_jax.training.state import create_train_state
 GLOBAL_BATCH, SIZE, CLASSES, STEPS = 16, 8, 4, 3
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    """Behaviour, not speed, is under test: compile with XLA's optimisations off."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,7 @@ from resnet_jax.training import train_and_evaluate
 REPO = pathlib.Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    """Behaviour, not speed, is under test: compile with XLA's optimisations off."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
 def small_imagenet_config(data_dir: str) -> ml_collections.ConfigDict:

@@ -1,7 +1,6 @@
 """The training loop end to end on the digits: exact resume, its outputs, exact evaluation."""
 
 import functools
-import importlib
 import json
 import os
 import pathlib
@@ -11,6 +10,7 @@ import jax
 import ml_collections
 import numpy as np
 import pytest
+from recipes import load_config
 
 from resnet_jax import checkpoint
 from resnet_jax.data import digits, pipeline
@@ -24,21 +24,9 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL = 6
 
 
-@pytest.fixture(scope="module", autouse=True)
-def fast_compile():
-    """Behaviour, not speed, is under test: compile with XLA's optimisations off."""
-    before = jax.config.read("jax_disable_most_optimizations")
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
-    sys.path.insert(0, str(REPO))
-    try:
-        return importlib.import_module(f"configs.{name}").get_config()
-    finally:
-        sys.path.remove(str(REPO))
 
 
 def tiny_config() -> ml_collections.ConfigDict:

@@ -7,6 +7,10 @@ consumed (undecoded) and yields exactly the batches an uninterrupted run would h
 that means reading, not decoding, up to one epoch of this process's records.
 Eval streams give every example exactly once across processes, padded and masked.
 
+Records whose bytes cannot be an image (empty, not an image format, truncated JPEG/PNG) are
+skipped with a warning naming them. A training epoch keeps its length: the first good records
+of the same shuffled epoch fill the places of skipped ones, so resuming stays exact.
+
 TensorFlow and TFDS are imported inside functions only: ``import resnet_jax.data`` stays TF-free.
 """
 
@@ -33,6 +37,11 @@ class DatasetInfo:
     class_names: tuple[str, ...] | None
 
 
+def _optional_str() -> ml_collections.FieldReference:
+    """None by default, yet settable from the command line (--config.data.data_dir=...)."""
+    return ml_collections.config_dict.placeholder(str)
+
+
 def default_data_config() -> ml_collections.ConfigDict:
     """Every data field with its default; a run config's ``data`` section overrides these."""
     c = ml_collections.ConfigDict()
@@ -40,13 +49,13 @@ def default_data_config() -> ml_collections.ConfigDict:
     # name; 'digits' (scikit-learn's handwritten digits, offline); 'folder' (class subfolders);
     # 'synthetic' (NumPy noise, no TF, for benchmarks).
     c.dataset = "imagenet2012"
-    c.data_dir = None  # TFDS data_dir; None = ~/tensorflow_datasets or $TFDS_DATA_DIR.
-    c.manual_dir = None  # Manually downloaded files; None = <data_dir>/downloads/manual.
+    c.data_dir = _optional_str()  # TFDS data_dir; None = ~/tensorflow_datasets or $TFDS_DATA_DIR.
+    c.manual_dir = _optional_str()  # Manually downloaded files; None = <data_dir>/downloads/manual.
     c.download = True  # Download and prepare a TFDS dataset that is not prepared yet.
     c.train_split = "train"  # TFDS split strings, e.g. 'train[:90%]'; ignored by digits/folder.
     c.eval_split = "validation"  # e.g. 'train[90%:]' for tf_flowers, 'test' for cifar10.
-    c.folder = None  # 'folder': training images, <folder>/<class>/<image>.
-    c.eval_folder = None  # 'folder': eval images; None = hold out eval_fraction of `folder`.
+    c.folder = _optional_str()  # 'folder': training images, <folder>/<class>/<image>.
+    c.eval_folder = _optional_str()  # Eval images; None = hold out eval_fraction of `folder`.
     c.eval_fraction = 0.1  # 'folder': fixed per-class hold-out fraction when no eval_folder.
     c.folder_check = "full"  # 'full' decodes every image up front with Pillow; 'header' is faster.
     c.image_size = 224  # Square model input, train and eval.
@@ -59,7 +68,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.std = presets.IMAGENET_STD  # RGB std in [0, 1] units.
     # A presets.PRESETS name ('torchvision_v1', 'timm_rsb', 'keras_caffe', ...): it sets the
     # normalisation, interpolation and eval resize/crop ratio, overriding the four fields above.
-    c.preset = None
+    c.preset = _optional_str()
     c.flip = True  # Random horizontal flips in training.
     c.shuffle_buffer = 16_384  # Examples in the TFDS shuffle buffer (small sources shuffle fully).
     c.cache = False  # Cache the undecoded records in memory (small datasets).
@@ -230,7 +239,11 @@ def create_train_iterator(
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
         shuffle_seed = preprocess.epoch_shuffle_seed(seed, e)
-        return records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        shuffled = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
+        if source.check is None:
+            return shuffled
+        # Same order on both passes (reshuffle_each_iteration=False): n examples per epoch.
+        return shuffled.filter(source.check).repeat(2).take(n)
 
     transform = preprocess.make_train_transform(config)
 
@@ -289,8 +302,11 @@ def create_eval_iterator(
         "mask": tf.constant(0.0),
     }
     records = source.records.cache() if config.cache else source.records
+    if source.check is not None:  # Skipped records are replaced by padding: same batch count.
+        records = records.filter(source.check)
+        padding = num_batches * local_batch
     ds = records.map(prepare, num_parallel_calls=int(config.num_parallel_calls), deterministic=True)
     ds = ds.concatenate(tf.data.Dataset.from_tensors(pad).repeat(padding))
-    ds = ds.batch(local_batch, drop_remainder=True)
+    ds = ds.take(num_batches * local_batch).batch(local_batch, drop_remainder=True)
     ds = ds.prefetch(int(config.prefetch))
     return _as_numpy(ds.with_options(_options(config)))

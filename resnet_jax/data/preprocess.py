@@ -9,7 +9,6 @@ This module imports TensorFlow at import time; only the input pipeline imports i
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -190,20 +189,7 @@ def eval_preset(config: Any) -> presets.Preset:
     ``image_size``, its resize mode and interpolation); otherwise ``crop_pct``,
     ``interpolation``, ``mean`` and ``std`` do.
     """
-    size = int(config.image_size)
-    if config.get("preset"):
-        p = presets.get_preset(config.preset)
-        resize_size = size * p.resize // p.crop if p.crop != size else p.resize
-        return dataclasses.replace(p, resize=resize_size, crop=size)
-    return presets.Preset(
-        name="config",
-        resize=int(size / float(config.crop_pct)),
-        crop=size,
-        interpolation=config.interpolation,
-        mode="torch",
-        mean=tuple(float(m) for m in config.mean),
-        std=tuple(float(s) for s in config.std),
-    )
+    return presets.data_preset(config)
 
 
 def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:

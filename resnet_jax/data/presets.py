@@ -82,6 +82,28 @@ def get_preset(name: str) -> Preset:
         ) from None
 
 
+def data_preset(data: Any) -> Preset:
+    """The eval resize/crop/normalisation of a training data config (``config.data``).
+
+    With ``data.preset`` set, that preset decides, its resize/crop ratio scaled to
+    ``image_size``; otherwise ``crop_pct``, ``interpolation``, ``mean`` and ``std`` do.
+    """
+    size = int(data.image_size)
+    if data.get("preset"):
+        p = get_preset(data.preset)
+        resize_size = size * p.resize // p.crop if p.crop != size else p.resize
+        return dataclasses.replace(p, resize=resize_size, crop=size)
+    return Preset(
+        name="config",
+        resize=int(size / float(data.crop_pct)),
+        crop=size,
+        interpolation=data.interpolation,
+        mode="torch",
+        mean=tuple(float(m) for m in data.mean),
+        std=tuple(float(s) for s in data.std),
+    )
+
+
 def normalize(x, preset: Preset):
     """Maps float RGB pixels in [0, 255] (NumPy, JAX or TF array, channels last) to inputs."""
     mean = np.asarray(preset.mean, np.float32)

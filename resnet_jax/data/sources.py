@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import os
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from resnet_jax.data import preprocess  # noqa: F401  (hides GPUs from TF on import)
 from resnet_jax.data.shards import even_shard, train_shard
@@ -30,7 +32,8 @@ class Source:
     """One process's examples ``{'image', 'label'}`` in a fixed order, with their count.
 
     ``load`` runs per example after shuffling/skipping (e.g. reads a file); ``shuffle_buffer``
-    None means the records are small enough to shuffle fully.
+    None means the records are small enough to shuffle fully. ``check`` (a cheap test on the
+    encoded bytes, no decoding) says which records to skip; it warns once per skipped record.
     """
 
     records: tf.data.Dataset
@@ -38,6 +41,78 @@ class Source:
     total_examples: int  # In the whole split, across all processes.
     load: Callable[[Example], Example] | None = None
     shuffle_buffer: int | None = None
+    check: Callable[[Example], tf.Tensor] | None = None
+
+
+_JPEG, _PNG = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
+_OTHER_MAGIC = (b"GIF87a", b"GIF89a", b"BM")  # WebP: RIFF....WEBP, checked separately.
+_skipped: dict[str, str] = {}
+_skipped_lock = threading.Lock()
+
+
+def skipped_records() -> dict[str, str]:
+    """Records skipped so far in this process (name -> reason), e.g. truncated JPEGs."""
+    with _skipped_lock:
+        return dict(_skipped)
+
+
+def _tail_has(data: tf.Tensor, marker: bytes, window: int = 64) -> tf.Tensor:
+    """Whether ``marker`` occurs in the last ``window`` bytes (tolerates trailing padding)."""
+    n = tf.strings.length(data)
+    tail = tf.io.decode_raw(tf.strings.substr(data, tf.maximum(n - window, 0), window), tf.uint8)
+    k = len(marker)
+    found = tf.ones([tf.maximum(tf.size(tail) - k + 1, 0)], tf.bool)
+    for i, byte in enumerate(marker):
+        found &= tail[i : tf.size(tail) - k + 1 + i] == byte
+    return tf.reduce_any(found)
+
+
+def image_problem(data: tf.Tensor) -> tf.Tensor:
+    """Why encoded bytes cannot be an image TensorFlow decodes, or '' (no decoding done).
+
+    Catches empty records, non-image data and truncated JPEG/PNG files (no end marker);
+    grey, RGBA, CMYK, 16-bit and PNG-in-.jpg images pass and are converted by the decoder.
+    """
+    head = tf.strings.substr(data, 0, 12)
+    is_jpeg = tf.strings.substr(head, 0, 3) == _JPEG
+    is_png = tf.strings.substr(head, 0, 8) == _PNG
+    is_webp = (tf.strings.substr(head, 0, 4) == b"RIFF") & (
+        tf.strings.substr(head, 8, 4) == b"WEBP"
+    )
+    is_other = is_webp
+    for magic in _OTHER_MAGIC:
+        is_other |= tf.strings.substr(head, 0, len(magic)) == magic
+    return tf.case(
+        [
+            (tf.strings.length(data) == 0, lambda: tf.constant("empty record")),
+            (is_jpeg, lambda: tf.where(_tail_has(data, b"\xff\xd9"), "", "truncated JPEG")),
+            (is_png, lambda: tf.where(_tail_has(data, b"IEND"), "", "truncated PNG")),
+            (is_other, lambda: tf.constant("")),
+        ],
+        default=lambda: tf.constant("not an image format TensorFlow decodes"),
+        exclusive=False,
+    )
+
+
+def _warn_skipped(name: tf.Tensor, reason: tf.Tensor) -> bool:
+    name, reason = name.numpy().decode("utf-8", "replace"), reason.numpy().decode()
+    with _skipped_lock:
+        new = name not in _skipped
+        _skipped[name] = reason
+        count = len(_skipped)
+    if new:
+        logging.warning("Skipping image %s: %s (%d record(s) skipped so far).", name, reason, count)
+    return False
+
+
+def keep_decodable(ex: Example) -> tf.Tensor:
+    """Filter predicate: True for records whose image passes ``image_problem``."""
+    problem = image_problem(ex["image"])
+    return tf.cond(
+        problem == "",
+        lambda: tf.constant(True),
+        lambda: tf.ensure_shape(tf.py_function(_warn_skipped, [ex["name"], problem], tf.bool), []),
+    )
 
 
 def unknown_dataset_message(name: str) -> str:
@@ -158,7 +233,8 @@ def tfds_source(
     config: Any, split: str, *, process_index: int, process_count: int, train: bool
 ) -> Source:
     """This process's part of a TFDS split as encoded image bytes (``SkipDecoding``), in file
-    order; a training shard drops the remainder so that all shards are equal."""
+    order; a training shard drops the remainder so that all shards are equal. Each record is
+    named by its ``file_name`` feature where the dataset has one, else by its TFDS id."""
     import tensorflow_datasets as tfds
 
     builder = tfds_builder(config)
@@ -166,21 +242,29 @@ def tfds_source(
     subsplit = tfds.split_for_jax_process(
         split, process_index=process_index, process_count=process_count, drop_remainder=train
     )
-    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=True)
+    read_config = tfds.ReadConfig(try_autocache=False, skip_prefetch=True, add_tfds_id=True)
     ds = builder.as_dataset(
         split=subsplit,
         shuffle_files=False,
         decoders={"image": tfds.decode.SkipDecoding()},
         read_config=read_config,
     )
+    features = builder.info.features
+    name_key = next((k for k in ("file_name", "image/filename") if k in features), "tfds_id")
     ds = ds.map(
-        lambda ex: {"image": ex["image"], "label": tf.cast(ex["label"], tf.int32)},
+        lambda ex: {
+            "image": ex["image"],
+            "label": tf.cast(ex["label"], tf.int32),
+            "name": ex[name_key],
+        },
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     )
     n_local = tfds_count(builder, subsplit)
     n_total = n_local if process_count == 1 else tfds_count(builder, split)
-    return Source(ds, n_local, n_total, shuffle_buffer=int(config.shuffle_buffer))
+    return Source(
+        ds, n_local, n_total, shuffle_buffer=int(config.shuffle_buffer), check=keep_decodable
+    )
 
 
 def _shard(n: int, process_index: int, process_count: int, train: bool) -> tuple[int, int]:

@@ -13,6 +13,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from flax.linen.dtypes import promote_dtype
 
 Dtype = Any
 
@@ -77,6 +78,19 @@ class LayerFactory:
             name=name,
         )
 
+    def stem_conv_space_to_depth(
+        self, features: int, *, bias: bool = False, name: str | None = None
+    ) -> SpaceToDepthStemConv:
+        """The 7x7/2 stem conv computed on 2x2 space-to-depth input; same parameters as conv()."""
+        return SpaceToDepthStemConv(
+            features,
+            use_bias=bias,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=kernel_init(self.init_scheme),
+            name=name,
+        )
+
     def norm(self, *, zero_init: bool = False, name: str | None = None) -> nn.BatchNorm:
         return nn.BatchNorm(
             use_running_average=not self.train,
@@ -116,3 +130,64 @@ def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
 def subsample(x: jax.Array, stride: int) -> jax.Array:
     """Every stride-th pixel from the top-left: a 1x1 pool or a 1x1 strided conv's grid."""
     return x[:, ::stride, ::stride, :] if stride > 1 else x
+
+
+def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
+    """(N, H, W, C) -> (N, H/b, W/b, b*b*C), channels ordered (row in block, column, c)."""
+    n, h, w, c = x.shape
+    if h % block or w % block:
+        raise ValueError(
+            f"The space-to-depth stem needs an image height and width divisible by {block}, got "
+            f"{h}x{w}. Use an even image size, or build the model with space_to_depth=False."
+        )
+    x = x.reshape(n, h // block, block, w // block, block, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // block, w // block, block * block * c)
+
+
+def stem_kernel_space_to_depth(kernel: jax.Array) -> jax.Array:
+    """A 7x7 HWIO kernel (stride 2, padding 3) as the equivalent 4x4 kernel on 2x2 blocks.
+
+    A zero row and column in front make it 8x8; tap 2a+b of each axis becomes tap a of the
+    block grid at in-block offset b, which is how space_to_depth orders the channels.
+    """
+    kh, kw, c, o = kernel.shape
+    if (kh, kw) != (7, 7):
+        raise ValueError(f"Expected a 7x7 stem kernel, got {kh}x{kw}.")
+    kernel = jnp.pad(kernel, ((1, 0), (1, 0), (0, 0), (0, 0)))
+    kernel = kernel.reshape(4, 2, 4, 2, c, o).transpose(0, 2, 1, 3, 4, 5)
+    return kernel.reshape(4, 4, 4 * c, o)
+
+
+class SpaceToDepthStemConv(nn.Module):
+    """The 7x7/2 stem conv as a 4x4/1 conv on 2x2 space-to-depth input (MLPerf TPU ResNet-50).
+
+    An exact reparametrisation: the stored parameter is the 7x7 kernel (and bias) of the plain
+    stem, reshaped inside the call, so checkpoints work with either stem. Even sizes only.
+    """
+
+    features: int
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
+    kernel_init: Any = nn.initializers.lecun_normal()
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        shape = (7, 7, x.shape[-1], self.features)
+        kernel = self.param("kernel", self.kernel_init, shape, self.param_dtype)
+        bias = (
+            self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+            if self.use_bias
+            else None
+        )
+        x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+        # Input pixel 2i - 4 + k' (k' = 0..7) sits in block i - 2 + k' // 2: pad 2 blocks
+        # before (the first pixel meets the zero tap) and 1 after.
+        y = jax.lax.conv_general_dilated(
+            space_to_depth(x),
+            stem_kernel_space_to_depth(kernel),
+            window_strides=(1, 1),
+            padding=((2, 1), (2, 1)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+        return y + bias if bias is not None else y

@@ -10,6 +10,7 @@ Pure function with explicit state::
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -37,6 +38,14 @@ class ResNet(nn.Module):
       resnet50d); 'cifar' one 3x3 conv, no pool.
     shortcut: 'conv' projection (option B), 'avgpool' (ResNet-D), 'zeropad' (option A, the
       CIFAR nets), 'none' (plain nets without shortcuts).
+    space_to_depth: compute the 'imagenet' 7x7/2 stem conv as a 4x4 conv on 2x2 space-to-depth
+      input (MLPerf TPU); same parameters and outputs, even image sizes only.
+    remat: recompute each block's activations in the backward pass (nn.remat) to fit larger
+      per-device batches; same parameters and outputs.
+    frozen_stages: the stem and the first k stages keep BN on running statistics in training
+      and pass no gradient back (mmdetection's frozen_stages with norm_eval); 0: none, -1: the
+      whole backbone (with v2's post_bn). Same parameters; fine-tuning pairs it with an
+      optimizer that leaves those parameters alone.
     """
 
     stage_sizes: Sequence[int]
@@ -61,6 +70,9 @@ class ResNet(nn.Module):
     init_scheme: str = "he"
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
+    space_to_depth: bool = False
+    remat: bool = False
+    frozen_stages: int = 0
 
     def validate(self) -> None:
         """Raises ValueError for an impossible architecture, before anything is traced."""
@@ -92,10 +104,22 @@ class ResNet(nn.Module):
                 "include_top=True needs pooling 'avg' or 'max'",
             ),
             (self.num_classes >= 1 or not self.include_top, "num_classes must be >= 1"),
+            (
+                not (self.space_to_depth and self.stem != "imagenet"),
+                f"space_to_depth applies to the 'imagenet' 7x7 stem only, not {self.stem!r}",
+            ),
+            (
+                -1 <= self.frozen_stages <= len(self.stage_sizes),
+                f"frozen_stages={self.frozen_stages} must be in [-1, {len(self.stage_sizes)}]",
+            ),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
             raise ValueError("Invalid ResNet configuration: " + "; ".join(errors) + ".")
+
+    def num_frozen_stages(self) -> int:
+        """frozen_stages with -1 resolved to the number of stages."""
+        return len(self.stage_sizes) if self.frozen_stages < 0 else self.frozen_stages
 
     def stage_stride(self, stage: int, index: int) -> int:
         """v1/v1.5 stride the first block of stages 2+; v2 the last block of all but the last."""
@@ -125,8 +149,10 @@ class ResNet(nn.Module):
             bn_axis_index_groups=self.bn_axis_index_groups,
             train=train,
         )
+        frozen = self.num_frozen_stages()
+        frozen_L = dataclasses.replace(L, train=False)  # BN on running statistics.
         features: dict[str, jax.Array] = {}
-        x = self._stem(jnp.asarray(x, self.dtype), L)
+        x = self._stem(jnp.asarray(x, self.dtype), frozen_L if frozen else L)
         features["stem"] = x
 
         channels = x.shape[-1]
@@ -138,14 +164,18 @@ class ResNet(nn.Module):
                     width,
                     channels,
                     self.stage_stride(stage, index),
-                    L,
+                    frozen_L if stage < frozen else L,
                     name=f"layer{stage + 1}_{index}",
                 )
                 x = block(x)
                 channels = x.shape[-1]
+            if stage + 1 == frozen:
+                x = jax.lax.stop_gradient(x)
             features[f"layer{stage + 1}"] = x
         if self.variant == "v2":
-            x = nn.relu(L.norm(name="post_bn")(x))
+            whole = frozen == len(self.stage_sizes)
+            x = nn.relu((frozen_L if whole else L).norm(name="post_bn")(x))
+            x = jax.lax.stop_gradient(x) if whole else x
             features[f"layer{len(self.stage_sizes)}"] = x
 
         if self.pooling == "avg":
@@ -186,7 +216,11 @@ class ResNet(nn.Module):
                 )(x)
                 x = nn.relu(L.norm(name=f"stem_bn{i + 1}")(x))
             return max_pool_3x3_s2(x)
-        x = L.conv(self.stem_width, 7, 2, bias=self.conv_bias, name="conv1")(x)
+        if self.space_to_depth:
+            conv = L.stem_conv_space_to_depth(self.stem_width, bias=self.conv_bias, name="conv1")
+        else:
+            conv = L.conv(self.stem_width, 7, 2, bias=self.conv_bias, name="conv1")
+        x = conv(x)
         if self.variant == "v2":
             # Keras ResNetV2: no BN before the pool, which zero-pads a pre-ReLU input.
             return max_pool_3x3_s2(x, pad_value=0.0)
@@ -196,8 +230,11 @@ class ResNet(nn.Module):
     def _block(
         self, width: int, channels: int, stride: int, L: LayerFactory, name: str
     ) -> nn.Module:
+        wrap = nn.remat if self.remat else (lambda cls: cls)
         if self.variant == "v2":
-            return PreActBottleneck(width, channels, L, stride, conv_bias=self.conv_bias, name=name)
+            return wrap(PreActBottleneck)(
+                width, channels, L, stride, conv_bias=self.conv_bias, name=name
+            )
         common = dict(
             shortcut=self.shortcut,
             conv_bias=self.conv_bias,
@@ -205,8 +242,8 @@ class ResNet(nn.Module):
             name=name,
         )
         if self.block == "basic":
-            return BasicBlock(width, channels, L, stride, **common)
-        return Bottleneck(
+            return wrap(BasicBlock)(width, channels, L, stride, **common)
+        return wrap(Bottleneck)(
             width,
             channels,
             L,

@@ -24,7 +24,7 @@ from absl import logging
 from resnet_jax import parallel as par
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint, check_compatible
 from resnet_jax.models import ResNet, create_model
-from resnet_jax.training import optim, steps, validate
+from resnet_jax.training import confusion, faults, finetune, optim, steps, validate
 from resnet_jax.training.evaluate import evaluate
 from resnet_jax.training.metrics import MetricWriter, ProgressBar
 from resnet_jax.training.plot import plot_curves
@@ -70,15 +70,22 @@ class _Run:
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Trains and evaluates as ``config`` says; returns the last train and eval metrics."""
-    run = _setup(config, workdir)
-    try:
-        result = _train(run)
-    finally:
-        run.progress.close()
-        if run.ckpt is not None:
-            run.ckpt.close()  # Waits for the asynchronous saves.
-        run.writer.close()
+    """Trains and evaluates as ``config`` says; returns the last train and eval metrics.
+
+    Raises ``faults.Preempted`` after a SIGTERM (a checkpoint of the stop step is on disk)
+    and ``faults.NonFiniteError`` when the loss or gradients stop being finite.
+    """
+    with faults.PreemptionWatcher(config.preemption_check_every_steps) as watcher:
+        run = _setup(config, workdir)
+        watcher.install()  # jax.distributed.initialize() may have put its own handler there.
+        try:
+            result = _train(run, watcher)
+            result["confusion"] = confusion.write_final(run, result)
+        finally:
+            run.progress.close()
+            if run.ckpt is not None:
+                run.ckpt.close()  # Waits for the asynchronous saves.
+            run.writer.close()
     if config.plot and jax.process_index() == 0:
         run.progress.message(f"Curves: {plot_curves(workdir)}")
     return result
@@ -112,6 +119,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         total_steps=total_steps,
     )
     tx = optim.create_optimizer(config.optimizer, lr_fn)
+    model, tx, source = finetune.prepare(config, model, tx, lr_fn)
     size = config.data.image_size
     state = create_train_state(model, tx, seed=config.seed, image_shape=(size, size, 3))
     fingerprint = architecture_fingerprint(state.params)
@@ -127,6 +135,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
             async_save=config.async_checkpointing,
         )
         state = _maybe_resume(ckpt, state, parallel, config, fingerprint)
+    state = finetune.initialize(config, state, parallel, source)
     is_main = jax.process_index() == 0
     if is_main:
         with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
@@ -140,6 +149,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
             label_smoothing=config.label_smoothing,
             axis_name=parallel.axis_name,
             sync_batch_stats=parallel.has_bn_groups,
+            skip_nonfinite=config.nonfinite == "skip",
         ),
         donate_state=True,
     )
@@ -179,7 +189,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     )
 
 
-def _train(run: _Run) -> dict[str, Any]:
+def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
     from resnet_jax.data import pipeline
 
     config, parallel, progress = run.config, run.parallel, run.progress
@@ -210,7 +220,15 @@ def _train(run: _Run) -> dict[str, Any]:
             logging.info("First step (compile + run): %.1f s.", window.restart_clock())
             run_start = time.perf_counter()
         is_last = step == run.total_steps
-        if step % log_every == 0 or is_last:
+        is_log, is_save = step % log_every == 0 or is_last, step % ckpt_every == 0 or is_last
+        is_eval = config.eval_every_steps >= 0 and (step % eval_every == 0 or is_last)
+        # Every process calls both at every step: each is collective on multi-host runs.
+        stop = watcher.should_stop(step)
+        stop = (run.ckpt is not None and run.ckpt.reached_preemption(step)) or stop
+        stop = stop and not is_last
+        if is_log or is_eval or (is_save and run.ckpt is not None) or stop:
+            _check_finite(run, window)
+        if is_log:
             last_train = window.summary(parallel, config.batch_size)
             last_train.update(epoch=step / epoch_steps, learning_rate=float(run.lr_fn(step - 1)))
             run.writer.write("train", step, last_train)
@@ -225,15 +243,15 @@ def _train(run: _Run) -> dict[str, Any]:
                 lr=last_train["learning_rate"],
                 **{"img/s": round(last_train.get("images_per_sec", 0.0), 1)},
             )
-        if config.eval_every_steps >= 0 and (step % eval_every == 0 or is_last):
+        if is_eval:
             last_eval = _evaluate(run, state, step)
             window.restart_clock()  # Keep eval time out of images/s.
-        if run.ckpt is not None and (step % ckpt_every == 0 or is_last):
+        if run.ckpt is not None and (is_save or stop):
             _save(run, state, step)
-        elif run.ckpt is not None and run.ckpt.reached_preemption(step):
-            _save(run, state, step)
-            progress.message(f"Preempted: saved step {step}; rerun the same command to resume.")
-            break
+        if stop:
+            if run.ckpt is not None:
+                run.ckpt.wait()  # The checkpoint of this step is complete before the exit.
+            raise faults.Preempted(step, run.ckpt.directory if run.ckpt is not None else None)
     if start_step >= run.total_steps:
         progress.message(f"Nothing to train: the checkpoint is at step {start_step} already.")
         if config.eval_every_steps >= 0:
@@ -263,6 +281,19 @@ def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
     return result
 
 
+def _check_finite(run: _Run, window: _Window) -> None:
+    """With ``nonfinite='stop'``, raises for the first non-finite step since the last check."""
+    if run.config.nonfinite != "stop":
+        return
+    bad = window.first_nonfinite(run.parallel)
+    if bad is not None:
+        last = None
+        if run.ckpt is not None:
+            run.ckpt.wait()
+            last = run.ckpt.latest_step()
+        raise faults.NonFiniteError(bad, last, run.ckpt.directory if run.ckpt else None)
+
+
 def _save(run: _Run, state: TrainState, step: int) -> None:
     """Starts an asynchronous save of the state; the data position is (seed, step, batch)."""
     config = run.config
@@ -278,26 +309,34 @@ def _maybe_resume(
     config: ml_collections.ConfigDict,
     fingerprint: str,
 ) -> TrainState:
-    """Restores the latest checkpoint into ``state``'s layout after checking it fits."""
-    latest = ckpt.latest_step()
-    if latest is None:
-        return state
-    meta = ckpt.read_meta(latest)
-    check_compatible(
-        meta, model_name=config.model.name, fingerprint=fingerprint, where=ckpt.directory
-    )
-    data = meta.get("data", {})
-    if data.get("seed") != config.seed or data.get("global_batch_size") != config.batch_size:
-        logging.warning(
-            "Resuming with seed %s and batch size %s, but the checkpoint was written with %s and "
-            "%s: the data order differs from an uninterrupted run.",
-            config.seed,
-            config.batch_size,
-            data.get("seed"),
-            data.get("global_batch_size"),
+    """Restores the latest readable checkpoint into ``state``'s layout after checking it fits.
+
+    A checkpoint of another architecture stops the run before anything in the workdir changes;
+    an unreadable one too, unless ``config.restore_fallback`` allows an older one.
+    """
+
+    def check(meta: dict[str, Any]) -> None:
+        check_compatible(
+            meta, model_name=config.model.name, fingerprint=fingerprint, where=ckpt.directory
         )
-    restored, _ = ckpt.restore(parallel.unreplicate(state), step=latest)
-    return parallel.replicate(restored)
+        data = meta.get("data", {})
+        if data.get("seed") != config.seed or data.get("global_batch_size") != config.batch_size:
+            logging.warning(
+                "Resuming with seed %s and batch size %s, but the checkpoint was written with %s "
+                "and %s: the data order differs from an uninterrupted run.",
+                config.seed,
+                config.batch_size,
+                data.get("seed"),
+                data.get("global_batch_size"),
+            )
+
+    found = ckpt.restore_latest(
+        parallel.unreplicate(state), fallback=config.restore_fallback, check_meta=check
+    )
+    if found is None:
+        return state
+    ckpt.remove_partial()  # Only now: the workdir is known to hold this run's checkpoints.
+    return parallel.replicate(found[0])
 
 
 class _Window:
@@ -305,12 +344,23 @@ class _Window:
 
     def __init__(self) -> None:
         self.sums: Any = None
+        self.first: Any = None  # Smallest non-finite step number (steps.NO_STEP if none).
         self.timed_steps = 0
         self.start = time.perf_counter()
 
     def add(self, metrics: dict[str, jax.Array]) -> None:
+        metrics = dict(metrics)
+        first = metrics.pop("first_nonfinite")
+        self.first = first if self.first is None else jnp.minimum(self.first, first)
         self.sums = metrics if self.sums is None else jax.tree.map(jnp.add, self.sums, metrics)
         self.timed_steps += 1
+
+    def first_nonfinite(self, parallel: par.DataParallel) -> int | None:
+        """The first step since the last summary whose loss or gradients were not finite."""
+        if self.first is None:
+            return None
+        first = int(jax.device_get(parallel.unreplicate(self.first)))
+        return None if first == steps.NO_STEP else first
 
     def restart_clock(self) -> float:
         """Starts timing anew (after compile or eval); returns the seconds since the last."""
@@ -322,11 +372,15 @@ class _Window:
         """Means since the last summary, plus images/s and step time; resets the window."""
         host = jax.device_get(parallel.unreplicate(self.sums))
         elapsed = time.perf_counter() - self.start
+        skipped = int(host.pop("nonfinite"))
         out = steps.summarize(host)
         out.pop("count")
+        if skipped:
+            out["nonfinite_steps"] = skipped
+            logging.warning("Skipped %d step(s) with a non-finite loss or gradients.", skipped)
         if self.timed_steps:  # Windows holding only the compile step have no timing.
             out["step_time"] = elapsed / self.timed_steps
             out["images_per_sec"] = batch_size / out["step_time"]
-        self.sums = None
+        self.sums = self.first = None
         self.restart_clock()
         return out

@@ -17,12 +17,11 @@ def plot_curves(workdir: str, rows: list[dict[str, Any]] | None = None) -> str |
     evals = [r for r in rows if r.get("split") == "eval"]
     if not train and not evals:
         return None
-    import matplotlib
+    # A bare Figure renders with Agg without switching the global backend (notebooks keep theirs).
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(11, 4))
+    fig = Figure(figsize=(11, 4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for data, label, style in ((train, "train", "-"), (evals, "validation", "o-")):
         if not data:
             continue
@@ -49,5 +48,4 @@ def plot_curves(workdir: str, rows: list[dict[str, Any]] | None = None) -> str |
     fig.tight_layout()
     path = os.path.join(workdir, PLOT_FILE)
     fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

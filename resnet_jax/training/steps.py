@@ -21,6 +21,7 @@ from resnet_jax.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
 AxisNames = Hashable | Sequence[Hashable]
+NO_STEP = 2**31 - 1  # ``first_nonfinite`` of a window without a non-finite step.
 
 
 def train_step(
@@ -32,12 +33,16 @@ def train_step(
     label_smoothing: float,
     axis_name: AxisNames,
     sync_batch_stats: bool = False,
+    skip_nonfinite: bool = False,
 ) -> tuple[TrainState, Metrics]:
     """One SGD step on this device's shard of the global batch.
 
     ``sync_batch_stats`` averages the BN running statistics over all devices after the
     step; needed when BN groups span fewer devices than the data axes. The running
     averages are linear in the batch statistics, so this equals averaging at the end.
+    A step whose global loss or gradient norm is not finite reports ``nonfinite`` = 1 and
+    its number in ``first_nonfinite``; with ``skip_nonfinite`` it keeps the previous params,
+    BN statistics and optimizer state (the step counter still advances past the batch).
     """
     images, labels = batch["image"], batch["label"]
 
@@ -61,6 +66,17 @@ def train_step(
     n = jnp.asarray(labels.shape[0], jnp.float32)
     correct = jnp.sum(jnp.argmax(logits, -1) == labels).astype(jnp.float32)
     metrics = lax.psum({"loss": loss * n, "top1": correct, "count": n}, axis_name)
+    # From already-reduced values, so every device (and host) reaches the same verdict.
+    grad_sq = sum(jnp.sum(jnp.square(g.astype(jnp.float32))) for g in jax.tree.leaves(grads))
+    finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(grad_sq)
+    if skip_nonfinite:
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        params = keep(params, state.params)
+        batch_stats = keep(batch_stats, state.batch_stats)
+        opt_state = keep(opt_state, state.opt_state)
+    metrics = {k: jnp.where(finite, v, 0.0) for k, v in metrics.items()}
+    metrics["nonfinite"] = 1.0 - finite.astype(jnp.float32)
+    metrics["first_nonfinite"] = jnp.where(finite, NO_STEP, state.step + 1).astype(jnp.int32)
     new_state = state.replace(
         step=state.step + 1, params=params, batch_stats=batch_stats, opt_state=opt_state
     )

@@ -13,6 +13,7 @@ from resnet_jax.parallel import MODES, check_batch_size
 from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES
 
 DTYPES = ("float32", "bfloat16", "float16")
+NONFINITE = ("stop", "skip")
 
 
 class ConfigError(ValueError):
@@ -44,6 +45,12 @@ def check_config(
     if config.optimizer.lr_schedule not in SCHEDULES:
         errors.append(
             f"optimizer.lr_schedule {config.optimizer.lr_schedule!r} is not one of {SCHEDULES}."
+        )
+    if config.nonfinite not in NONFINITE:
+        errors.append(f"nonfinite {config.nonfinite!r} is not one of {NONFINITE}.")
+    if config.preemption_check_every_steps < 1:
+        errors.append(
+            f"preemption_check_every_steps={config.preemption_check_every_steps} must be >= 1."
         )
     if not 0.0 <= config.label_smoothing < 1.0:
         errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1).")

@@ -1,0 +1,331 @@
+"""Fine-tuning: start from converted or trained weights, with a new head for the dataset's
+classes and a backbone that is frozen, trained at a smaller learning rate, or frozen up to a stage.
+
+The loop calls ``prepare`` before it builds the train state (load and check the source, freeze
+stages in the model, partition the optimizer) and ``initialize`` once it has looked for its own
+checkpoint: a run that resumes from its workdir never reads ``init_from`` weights again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import re
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from flax import traverse_util
+
+from resnet_jax import parallel as par
+from resnet_jax.data import presets
+from resnet_jax.models import ResNet
+from resnet_jax.training import optim
+from resnet_jax.training.state import TrainState
+from resnet_jax.training.validate import ConfigError
+
+FREEZE = ("none", "backbone", "stages")
+HEAD = "fc"  # The classifier; everything else is the backbone.
+FROM_SOURCE = "init_from"  # data.preset value: the preprocessing that came with the weights.
+PRESET_FIELDS = ("preset", "mean", "std", "interpolation", "crop_pct")
+_STAGE = re.compile(r"layer(\d+)_\d+")
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Weights to start from: where they are, their architecture, variables and preprocessing."""
+
+    path: str
+    model_name: str
+    variables: dict[str, Any]
+    data_fields: dict[str, Any]  # config.data fields that reproduce the source's preprocessing.
+    description: str
+
+
+def preset_fields(preset: presets.Preset) -> dict[str, Any]:
+    """The config.data fields that give ``preset``: its name if registered, else its numbers."""
+    if preset.name in presets.PRESETS:
+        return {"preset": preset.name}
+    if preset.mode != "torch" or preset.resize_mode != "short_side":
+        raise ConfigError(
+            f"The source's preprocessing {preset} is not a registered preset and cannot be set "
+            "through data.mean/std/crop_pct; set data.preset or those fields yourself."
+        )
+    return {
+        "preset": None,
+        "mean": tuple(preset.mean),
+        "std": tuple(preset.std),
+        "interpolation": preset.interpolation,
+        "crop_pct": preset.crop / preset.resize,
+    }
+
+
+def load_source(path: str) -> Source:
+    """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
+    from resnet_jax.convert.checkpoint import is_converted, load_converted
+    from resnet_jax.data.pipeline import with_defaults
+    from resnet_jax.training import restore
+
+    if not os.path.isdir(path):
+        raise ConfigError(f"init_from={path!r} does not exist or is not a folder.")
+    if is_converted(path):
+        name, variables, meta = load_converted(path)
+        fields = preset_fields(presets.Preset.from_dict(meta["preset"]))
+        what = f"{name} converted from {meta.get('source')} ({meta.get('weights')})"
+        return Source(path, name, variables, fields, what)
+    if restore.is_workdir(path):
+        try:
+            config = restore.read_config(path)
+            variables, meta = restore.load_variables(path)
+        except FileNotFoundError as e:
+            raise ConfigError(f"init_from={path!r}: {e}") from e
+        data = with_defaults(config.data)
+        fields = {k: data[k] for k in PRESET_FIELDS}
+        what = f"{config.model.name} trained in {path} (step {meta.get('step')})"
+        return Source(path, config.model.name, variables, fields, what)
+    raise ConfigError(
+        f"init_from={path!r} is neither a converted checkpoint (written by python -m "
+        "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
+    )
+
+
+def _flat(tree: Any) -> dict[str, Any]:
+    return {"/".join(k): v for k, v in traverse_util.flatten_dict(dict(tree)).items()}
+
+
+def _is_head(key: str) -> bool:
+    return key.split("/")[1] == HEAD
+
+
+def check_compatible(source: Source, target: Any, *, model_name: str, new_head: bool) -> None:
+    """Raises ConfigError listing the variables (paths, shapes) in which the source's and the
+    model's ``{'params', 'batch_stats'}`` differ; the head is exempt when it is replaced."""
+    src = {k: tuple(np.shape(v)) for k, v in _flat(source.variables).items()}
+    tgt = {k: tuple(v.shape) for k, v in _flat(target).items()}
+    if new_head:
+        src = {k: v for k, v in src.items() if not _is_head(k)}
+        tgt = {k: v for k, v in tgt.items() if not _is_head(k)}
+    missing = sorted(tgt.keys() - src.keys())
+    extra = sorted(src.keys() - tgt.keys())
+    differ = sorted(k for k in tgt.keys() & src.keys() if src[k] != tgt[k])
+    if not (missing or extra or differ):
+        if source.model_name != model_name:
+            logging.warning(
+                "init_from holds %s, the config names %r; their variables match.",
+                source.model_name,
+                model_name,
+            )
+        return
+
+    def listing(keys: list[str], show: Any = str) -> str:
+        shown = "; ".join(show(k) for k in keys[:8])
+        return shown + (f"; ... ({len(keys) - 8} more)" if len(keys) > 8 else "")
+
+    lines = [
+        f"init_from={source.path!r} holds {source.description}, which does not fit the configured "
+        f"model {model_name!r}" + (f" (its head {HEAD!r} excepted)" if new_head else "") + ":"
+    ]
+    if missing:
+        lines.append(f"{len(missing)} variable(s) missing from the checkpoint: {listing(missing)}")
+    if extra:
+        lines.append(f"{len(extra)} variable(s) not in the model: {listing(extra)}")
+    if differ:
+        shapes = listing(differ, lambda k: f"{k} {src[k]} in the checkpoint, {tgt[k]} in the model")
+        lines.append(f"{len(differ)} shape(s) differ: {shapes}")
+    if all(_is_head(k) for k in missing + extra + differ):
+        advice = f"Keep finetune.new_head=True to give the model a new {HEAD!r} for its classes"
+    else:
+        advice = (
+            "Set --config.model.name (and model.kwargs) to the checkpoint's architecture "
+            f"({source.model_name!r})"
+        )
+    raise ConfigError("\n  - ".join(lines) + f"\n{advice}; nothing was written.")
+
+
+def frozen_stage_count(finetune: ml_collections.ConfigDict, num_stages: int) -> int:
+    """How many stages (after the stem) the config freezes: 0, frozen_stages or all."""
+    if finetune.freeze == "backbone":
+        return num_stages
+    if finetune.freeze == "stages":
+        return int(finetune.frozen_stages)
+    return 0
+
+
+def param_group(name: str, *, frozen_stages: int, num_stages: int) -> str:
+    """'head', 'backbone' (trainable) or 'frozen' for a top-level parameter name of ResNet."""
+    if name == HEAD:
+        return "head"
+    if frozen_stages == 0:
+        return "backbone"
+    stage = _STAGE.fullmatch(name)
+    if stage:
+        return "frozen" if int(stage[1]) <= frozen_stages else "backbone"
+    if name == "post_bn":  # v2: the last BN belongs to the last stage.
+        return "frozen" if frozen_stages >= num_stages else "backbone"
+    return "frozen"  # The stem: conv1, bn1, stem_conv*, stem_bn*.
+
+
+def param_labels(params: Any, *, frozen_stages: int, num_stages: int) -> dict[str, Any]:
+    """The params tree with each leaf replaced by its group (see ``param_group``)."""
+
+    def label(name: str, sub: Any) -> Any:
+        group = param_group(name, frozen_stages=frozen_stages, num_stages=num_stages)
+        return jax.tree.map(lambda _: group, sub)
+
+    return {name: label(name, sub) for name, sub in params.items()}
+
+
+def create_optimizer(
+    opt: ml_collections.ConfigDict,
+    learning_rate: optax.Schedule,
+    *,
+    frozen_stages: int,
+    num_stages: int,
+    backbone_lr_multiplier: float,
+) -> optax.GradientTransformation:
+    """The configured optimizer on the head, its updates scaled by ``backbone_lr_multiplier``
+    on the trainable backbone, and no update at all (weight decay included) on frozen
+    parameters. Gradient clipping, if any, sees the global norm over all of them."""
+    opt = ml_collections.ConfigDict(opt.to_dict())
+    clip = float(opt.grad_clip_norm or 0.0)
+    opt.grad_clip_norm = 0.0
+    inner = optim.create_optimizer(opt, learning_rate)
+    backbone = inner
+    if backbone_lr_multiplier != 1.0:
+        backbone = optax.chain(inner, optax.scale(backbone_lr_multiplier))
+    labels = functools.partial(param_labels, frozen_stages=frozen_stages, num_stages=num_stages)
+    tx = optax.partition(
+        {"head": inner, "backbone": backbone, "frozen": optax.set_to_zero()}, labels
+    )
+    return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
+
+
+def check_settings(config: ml_collections.ConfigDict, num_stages: int) -> None:
+    """Raises ConfigError for fine-tuning settings that cannot work."""
+    ft = config.get("finetune")
+    if ft is None:
+        raise ConfigError("init_from needs a finetune section; see configs/default.py.")
+    errors = []
+    if ft.freeze not in FREEZE:
+        errors.append(f"finetune.freeze={ft.freeze!r} is not one of {FREEZE}.")
+    if ft.freeze == "stages" and not 1 <= ft.frozen_stages <= num_stages:
+        errors.append(
+            f"finetune.frozen_stages={ft.frozen_stages} must be in [1, {num_stages}] with "
+            "freeze='stages' (the stem and that many stages stay frozen)."
+        )
+    if ft.backbone_lr_multiplier < 0:
+        errors.append(f"finetune.backbone_lr_multiplier={ft.backbone_lr_multiplier} must be >= 0.")
+    if not config.init_from:
+        if ft.freeze != "none":
+            errors.append(
+                f"finetune.freeze={ft.freeze!r} keeps the initial weights: set init_from to the "
+                "converted checkpoint or training workdir to start from."
+            )
+        if config.data.get("preset") == FROM_SOURCE:
+            errors.append(f"data.preset={FROM_SOURCE!r} needs init_from to take the preset from.")
+    if errors:
+        raise ConfigError("Invalid fine-tuning config:\n  - " + "\n  - ".join(errors))
+
+
+def _use_source_preprocessing(config: ml_collections.ConfigDict, source: Source) -> None:
+    """Sets ``data.preset='init_from'`` to the source's fields; warns on other normalisation."""
+    if config.data.get("preset") == FROM_SOURCE:
+        for key, value in source.data_fields.items():
+            config.data[key] = tuple(value) if isinstance(value, list) else value
+        return
+    from resnet_jax.data.pipeline import with_defaults
+
+    ours = presets.data_preset(with_defaults(config.data))
+    theirs = presets.data_preset(with_defaults({**config.data.to_dict(), **source.data_fields}))
+    if (ours.mode, ours.mean, ours.std) != (theirs.mode, theirs.mean, theirs.std):
+        logging.warning(
+            "init_from weights were fed %s inputs (mean %s, std %s), the data config feeds %s "
+            "(mean %s, std %s); set --config.data.preset=%s to use theirs.",
+            theirs.mode,
+            theirs.mean,
+            theirs.std,
+            ours.mode,
+            ours.mean,
+            ours.std,
+            FROM_SOURCE,
+        )
+
+
+def prepare(
+    config: ml_collections.ConfigDict,
+    model: ResNet,
+    tx: optax.GradientTransformation,
+    learning_rate: optax.Schedule,
+) -> tuple[ResNet, optax.GradientTransformation, Source | None]:
+    """(model, optimizer, source) for the run: loads and checks ``init_from`` before anything
+    is written, resolves ``data.preset='init_from'``, freezes stages and partitions the
+    optimizer. Without fine-tuning settings, ``model`` and ``tx`` come back unchanged."""
+    if config.get("finetune") is None and not config.get("init_from"):
+        return model, tx, None  # A config written before fine-tuning existed.
+    num_stages = len(model.stage_sizes)
+    check_settings(config, num_stages)
+    ft = config.finetune
+    source = None
+    if config.init_from:
+        source = load_source(config.init_from)
+        size = int(config.data.image_size)
+        x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
+        target = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+        check_compatible(source, target, model_name=config.model.name, new_head=ft.new_head)
+        _use_source_preprocessing(config, source)
+    frozen = frozen_stage_count(ft, num_stages)
+    if frozen:
+        model = model.clone(frozen_stages=frozen)
+    if frozen or ft.backbone_lr_multiplier != 1.0:
+        tx = create_optimizer(
+            config.optimizer,
+            learning_rate,
+            frozen_stages=frozen,
+            num_stages=num_stages,
+            backbone_lr_multiplier=float(ft.backbone_lr_multiplier),
+        )
+    return model, tx, source
+
+
+def _host(x: Any) -> np.ndarray:
+    """One copy of a replicated leaf as NumPy (the first local shard of a global array)."""
+    if isinstance(x, jax.Array):
+        return np.asarray(x.addressable_shards[0].data)
+    return np.asarray(x)
+
+
+def merge(source: Any, target: Any, *, new_head: bool) -> dict[str, Any]:
+    """``target``'s tree with every leaf taken from ``source`` (cast to the target dtype),
+    except the head's when ``new_head``; both trees are keyed as the model names them."""
+    src = traverse_util.flatten_dict(dict(source))
+    out = {}
+    for key, leaf in traverse_util.flatten_dict(dict(target)).items():
+        keep = new_head and key[0] == HEAD
+        out[key] = _host(leaf) if keep else np.asarray(src[key], dtype=leaf.dtype)
+    return traverse_util.unflatten_dict(out)
+
+
+def initialize(
+    config: ml_collections.ConfigDict,
+    state: TrainState,
+    parallel: par.DataParallel,
+    source: Source | None,
+) -> TrainState:
+    """The (replicated) fresh state with the source's parameters and BN statistics, and a new
+    head if configured; a state resumed from the workdir (step > 0) comes back unchanged."""
+    if source is None:
+        return state
+    host = parallel.unreplicate(state)
+    if int(_host(host.step)) > 0:
+        logging.info("Resumed from the workdir's checkpoint; init_from is not read again.")
+        return state
+    new_head = bool(config.finetune.new_head)
+    params = merge(source.variables["params"], host.params, new_head=new_head)
+    stats = merge(source.variables.get("batch_stats", {}), host.batch_stats, new_head=new_head)
+    logging.info("Initialised from %s (new head: %s).", source.description, new_head)
+    return state.replace(params=parallel.replicate(params), batch_stats=parallel.replicate(stats))

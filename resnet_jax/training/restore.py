@@ -1,0 +1,118 @@
+"""What a training run left in its workdir, loaded back on one device for use elsewhere.
+
+``load_trained(workdir)`` gives the model, the latest checkpoint's variables, the eval
+preprocessing of the run and the class names: what ``resnet_jax.predict`` needs, and what
+fine-tuning starts from (``config.init_from=WORKDIR``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from resnet_jax.checkpoint import META, STATE, Checkpointer
+from resnet_jax.data.presets import Preset, data_preset
+from resnet_jax.models import ResNet, create_model
+from resnet_jax.training.loop import CHECKPOINT_DIR, CONFIG_FILE
+from resnet_jax.training.state import TrainState
+
+
+def is_workdir(path: str | os.PathLike) -> bool:
+    """True when ``path`` looks like a training workdir (a saved config or checkpoints)."""
+    return os.path.isfile(os.path.join(path, CONFIG_FILE)) or os.path.isdir(
+        os.path.join(path, CHECKPOINT_DIR)
+    )
+
+
+def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+    """The run's config as the loop saved it (``workdir/config.json``)."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(
+            f"{workdir} has no {CONFIG_FILE}: not a training workdir written by train.py."
+        )
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def load_variables(
+    workdir: str | os.PathLike, step: int | None = None
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """({'params', 'batch_stats'}, checkpoint metadata) of ``step`` (default: the latest).
+
+    Every array lands on the first local device, whatever mesh the run was trained on.
+    """
+    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{workdir} has no checkpoints (looked for {directory}).")
+    ckpt = Checkpointer(directory, async_save=False)
+    try:
+        step = ckpt.latest_step() if step is None else step
+        if step is None:
+            raise FileNotFoundError(f"No finished checkpoint in {directory}.")
+        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        target = jax.tree.map(
+            lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+            _state_metadata(directory, step),
+        )
+        state, meta = ckpt.restore(TrainState(**target), step=step)
+    finally:
+        ckpt.close()
+    return {"params": state.params, "batch_stats": state.batch_stats}, meta
+
+
+def _state_metadata(directory: str, step: int) -> dict[str, Any]:
+    """Shapes and dtypes of the saved train state, read without restoring it."""
+    manager = ocp.CheckpointManager(
+        directory,
+        item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()},
+        options=ocp.CheckpointManagerOptions(create=False),
+    )
+    try:
+        return dict(manager.item_metadata(step)[STATE].tree)
+    finally:
+        manager.close()
+
+
+def _tuples(value: Any) -> Any:
+    """JSON lists back to the tuples the config held (module attributes must be hashable)."""
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    if isinstance(value, dict):
+        return {k: _tuples(v) for k, v in value.items()}
+    return value
+
+
+def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
+    """The run's architecture in float32 on one device (no BN axes), for inference."""
+    kwargs = _tuples(config.model.get("kwargs", ml_collections.ConfigDict()).to_dict())
+    kwargs.pop("frozen_stages", None)  # Training-only; inference is the same without it.
+    return create_model(config.model.name, num_classes=num_classes, **kwargs)
+
+
+def preset_from_config(config: ml_collections.ConfigDict) -> Preset:
+    """The run's eval preprocessing as a Preset: resize image_size / crop_pct and center-crop
+    image_size (or squash to image_size for eval_preprocess 'resize'), its normalisation."""
+    from resnet_jax.data.pipeline import with_defaults
+
+    data = with_defaults(config.data)
+    preset = data_preset(data)
+    if data.eval_preprocess == "resize":
+        preset = dataclasses.replace(preset, resize=preset.crop, resize_mode="squash")
+    return preset
+
+
+def load_trained(workdir: str | os.PathLike) -> tuple[ResNet, dict[str, Any], Preset, Any]:
+    """(model, {'params', 'batch_stats'}, preset, class names or None) of a training workdir."""
+    config = read_config(workdir)
+    variables, meta = load_variables(workdir)
+    num_classes = int(meta.get("num_classes") or variables["params"]["fc"]["kernel"].shape[-1])
+    names = meta.get("class_names")
+    model = model_from_config(config, num_classes)
+    return model, variables, preset_from_config(config), tuple(names) if names else None

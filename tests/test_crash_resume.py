@@ -1,0 +1,224 @@
+"""``train.py`` killed at random moments (SIGKILL, also mid checkpoint write) or preempted (SIGTERM)
+always resumes from a complete checkpoint and ends bitwise where an uninterrupted run ends."""
+
+import os
+import pathlib
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+TOTAL, EVERY, KILLS = 60, 2, 10
+
+TINY_CONFIG = f"""
+import ml_collections
+from configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.model.name = "resnet20"
+    config.model.kwargs = ml_collections.ConfigDict(
+        {{"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8), "stem_width": 4}}
+    )
+    config.data.dataset = "synthetic"
+    config.data.image_size = 8
+    config.data.num_classes = 10
+    config.data.synthetic_size = 64
+    config.batch_size = 16
+    config.num_train_steps = {TOTAL}
+    config.optimizer.warmup_epochs = 0.0
+    config.log_every_steps = 4
+    config.eval_every_steps = -1
+    config.checkpoint_every_steps = {EVERY}
+    config.keep_checkpoints = 3
+    config.progress_bar = False
+    config.tensorboard = False
+    config.plot = False
+    return config
+"""
+
+# Runs train.py as is, after making each checkpoint commit slow (so that kills land inside
+# asynchronous writes) and reporting every save and restore with the state's checksum.
+DRIVER = """
+import asyncio, os, runpy, sys
+from orbax.checkpoint._src.path import atomicity
+from resnet_jax import checkpoint
+
+delay = float(os.environ["COMMIT_DELAY_S"])
+commit = atomicity.AtomicRenameTemporaryPath.finalize
+
+
+async def slow_commit(self):
+    print("COMMIT", flush=True)
+    await asyncio.sleep(delay)
+    await commit(self)
+
+
+save, restore = checkpoint.Checkpointer.save, checkpoint.Checkpointer.restore
+
+
+def reporting_save(self, step, state, meta, **kw):
+    print("SAVE", step, checkpoint.state_checksum(state), flush=True)
+    return save(self, step, state, meta, **kw)
+
+
+def reporting_restore(self, target, step=None):
+    state, meta = restore(self, target, step)
+    print("RESTORE", int(state.step), checkpoint.state_checksum(state), flush=True)
+    return state, meta
+
+
+atomicity.AtomicRenameTemporaryPath.finalize = slow_commit
+checkpoint.Checkpointer.save = reporting_save
+checkpoint.Checkpointer.restore = reporting_restore
+sys.argv = ["train.py", "--config=" + sys.argv[1], "--workdir=" + sys.argv[2]]
+runpy.run_path(os.path.join(os.environ["REPO"], "train.py"), run_name="__main__")
+"""
+
+
+class Run:
+    """One train.py process whose output lines are read as they come."""
+
+    def __init__(self, tmp: pathlib.Path, workdir: pathlib.Path, delay: float) -> None:
+        env = {
+            **os.environ,
+            "REPO": str(REPO),
+            "PYTHONPATH": str(REPO),
+            "JAX_PLATFORMS": "cpu",
+            "JAX_NUM_CPU_DEVICES": "2",
+            "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+            "JAX_COMPILATION_CACHE_DIR": str(tmp / "jax_cache"),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0",
+            "COMMIT_DELAY_S": str(delay),
+        }
+        self.proc = subprocess.Popen(
+            [sys.executable, str(tmp / "driver.py"), str(tmp / "tiny.py"), str(workdir)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue = queue.Queue()
+        self.log: list[str] = []
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        for line in self.proc.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def wait_for(self, prefix: str, timeout: float = 120) -> bool:
+        """Reads lines until one starts with ``prefix`` (True) or the process ends (False)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.lines.get(timeout=max(0.01, deadline - time.monotonic()))
+            if line is None:
+                self.lines.put(None)
+                return False
+            self.log.append(line)
+            if line.startswith(prefix):
+                return True
+        raise TimeoutError(f"no {prefix!r} line in {timeout} s:\n" + "\n".join(self.log[-30:]))
+
+    def finish(self, timeout: float = 120) -> int:
+        code = self.proc.wait(timeout=timeout)
+        while self.wait_for("\0"):
+            pass
+        return code
+
+    def records(self, kind: str) -> list[tuple[int, str]]:
+        return [(int(w[1]), w[2]) for w in (x.split() for x in self.log) if w[:1] == [kind]]
+
+
+def final_state(workdir: pathlib.Path) -> list[np.ndarray]:
+    manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",))
+    restored = manager.restore(TOTAL, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return [np.asarray(x) for x in jax.tree.leaves(restored["state"])]
+
+
+@pytest.fixture(scope="module")
+def tmp(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("crash")
+    (tmp / "tiny.py").write_text(TINY_CONFIG)
+    (tmp / "driver.py").write_text(DRIVER)
+    return tmp
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp):
+    """The reference run; it also fills the compilation cache the restarted runs read."""
+    run = Run(tmp, tmp / "straight", delay=0.0)
+    assert run.finish() == 0, "\n".join(run.log[-40:])
+    return dict(run.records("SAVE"))
+
+
+def test_sigkill_at_random_moments_always_resumes_from_a_complete_checkpoint(tmp, uninterrupted):
+    rng = np.random.default_rng(0)
+    workdir = tmp / "killed"
+    saved: dict[int, str] = {}  # Every state a process asked to save, by step.
+    restored: list[int] = []
+    mid_write = 0
+    for trial in range(KILLS):
+        run = Run(tmp, workdir, delay=0.15)
+        # The k-th save request of a process waits for save k-1: saves up to k-2 are complete.
+        saves = int(rng.integers(1, 3)) if trial % 2 == 0 else int(rng.integers(2, 4))
+        started = all(run.wait_for("SAVE") for _ in range(saves))
+        if trial % 2 == 0:  # During an asynchronous write: after one of its commits began.
+            started = started and run.wait_for("COMMIT")
+            time.sleep(rng.uniform(0.0, 0.1))
+            writing = any(".orbax-checkpoint-tmp" in p for p in os.listdir(workdir / "checkpoints"))
+        else:  # Anywhere once training runs: steps, saves, commits, deletions of old ones.
+            time.sleep(rng.uniform(0.0, 0.6))
+            writing = False
+        if run.proc.poll() is not None:
+            pytest.fail(f"trial {trial} ended before its kill:\n" + "\n".join(run.log[-30:]))
+        run.proc.send_signal(signal.SIGKILL)
+        assert run.finish() == -signal.SIGKILL
+        mid_write += started and writing
+        for step, checksum in run.records("RESTORE"):
+            # Exactly the bits some earlier process saved for that step: never a partial write.
+            assert saved[step] == checksum, step
+            restored.append(step)
+        for step, checksum in run.records("SAVE"):
+            assert saved.setdefault(step, checksum) == checksum  # Every process: same bits.
+    assert mid_write >= 3, "too few kills landed inside a checkpoint write"
+    assert restored == sorted(restored) and len(restored) >= KILLS // 2
+
+    run = Run(tmp, workdir, delay=0.0)
+    assert run.finish() == 0, "\n".join(run.log[-40:])
+    for step, checksum in run.records("RESTORE"):
+        assert saved[step] == checksum
+    saved.update(run.records("SAVE"))
+    assert saved[TOTAL] == uninterrupted[TOTAL]
+    for a, b in zip(final_state(tmp / "straight"), final_state(workdir), strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert not [p for p in os.listdir(workdir / "checkpoints") if "tmp" in p]
+
+
+def test_sigterm_saves_the_next_step_exits_75_and_the_rerun_finishes_exactly(tmp, uninterrupted):
+    workdir = tmp / "preempted"
+    run = Run(tmp, workdir, delay=0.0)
+    assert run.wait_for("SAVE")
+    run.proc.send_signal(signal.SIGTERM)
+    assert run.finish() == 75, "\n".join(run.log[-40:])
+    stop = run.records("SAVE")[-1][0]
+    assert stop < TOTAL
+    assert any(f"Preempted (SIGTERM): stopped at step {stop}" in line for line in run.log)
+    steps = ocp.CheckpointManager(workdir / "checkpoints").all_steps()
+    assert max(steps) == stop  # The stop step's checkpoint is complete on disk.
+
+    rerun = Run(tmp, workdir, delay=0.0)
+    assert rerun.finish() == 0, "\n".join(rerun.log[-40:])
+    assert rerun.records("RESTORE")[0][0] == stop
+    assert rerun.records("SAVE")[-1] == (TOTAL, uninterrupted[TOTAL])

@@ -1,0 +1,208 @@
+"""The Colab notebooks: committed clean, linked from the README, and run end to end headless.
+
+Execution uses the notebooks' smoke mode (``RESNET_JAX_SMOKE=1``): no network (random weights,
+scikit-learn's bundled digits), small sizes, the CPU. Every code cell runs, as on Colab; only
+sizes and data sources differ. The notebooks' ``%pip install`` cells run offline: they must
+find everything installed already (``pip install -e '.[test]'``).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import pathlib
+import re
+import subprocess
+import sys
+import time
+
+import pytest
+
+nbformat = pytest.importorskip("nbformat")
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+COLAB = REPO / "colab"
+NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
+GITHUB = "resnet-jax/resnet-jax"
+BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+CELL_TIMEOUT_S = 600
+
+
+def _read(path: pathlib.Path):
+    return nbformat.read(path, as_version=4)
+
+
+def _colab_url(path: pathlib.Path) -> str:
+    return f"https://colab.research.google.com/github/{GITHUB}/blob/main/colab/{path.name}"
+
+
+def test_the_three_notebooks_exist():
+    assert [p.name for p in NOTEBOOKS] == [
+        "predict_and_finetune.ipynb",
+        "train_resnet50_colab_tpu.ipynb",
+        "verify_numerics.ipynb",
+    ]
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_is_committed_without_outputs(path):
+    nb = _read(path)
+    nbformat.validate(nb)
+    dirty = [
+        i
+        for i, cell in enumerate(nb.cells)
+        if cell.cell_type == "code" and (cell.outputs or cell.execution_count is not None)
+    ]
+    assert not dirty, f"{path.name}: cells {dirty} have outputs or execution counts; clear them."
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_notebook_reads_smoke_mode_first_and_explains_its_cells(path):
+    nb = _read(path)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert 'os.environ.get("RESNET_JAX_SMOKE")' in code[0].source
+    assert nb.cells[0].cell_type == "markdown" and _colab_url(path) in nb.cells[0].source
+    markdown = sum(c.cell_type == "markdown" for c in nb.cells)
+    assert markdown >= len(code) // 2, f"{path.name}: {markdown} text cells for {len(code)} code"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_readme_links_notebook_with_open_in_colab_badge(path):
+    badge = f"[![Open In Colab]({BADGE})]({_colab_url(path)})"
+    assert badge in (REPO / "README.md").read_text(), f"README.md lacks the badge {badge}"
+
+
+def _kernel_python(root: pathlib.Path) -> str:
+    """An interpreter with resnet-jax installed: this one, or else a throwaway virtual
+    environment over this one's packages with this checkout installed in editable mode (so
+    the notebooks' offline ``%pip install resnet-jax`` finds it and nothing else changes)."""
+    try:
+        importlib.metadata.distribution("resnet-jax")
+        return sys.executable
+    except importlib.metadata.PackageNotFoundError:
+        pass
+    venv = root / "venv"
+    subprocess.run(
+        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
+        check=True,
+    )
+    python = str(venv / "bin" / "python")
+    install = [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
+    install += ["--no-build-isolation", "-e", str(REPO)]
+    done = subprocess.run(install, capture_output=True, text=True)
+    if done.returncode:
+        pytest.skip(f"Could not install this checkout for the notebook kernel:\n{done.stderr}")
+    return python
+
+
+@pytest.fixture(scope="module")
+def kernel_dir(tmp_path_factory) -> pathlib.Path:
+    """A 'python3' kernelspec in a temporary folder, so nothing has to be set up by hand."""
+    pytest.importorskip("nbclient")
+    pytest.importorskip("ipykernel")
+    root = tmp_path_factory.mktemp("kernel")
+    spec = root / "kernels" / "python3"
+    spec.mkdir(parents=True)
+    argv = [_kernel_python(root), "-m", "ipykernel_launcher", "-f", "{connection_file}"]
+    spec_json = {"argv": argv, "display_name": "Python 3", "language": "python"}
+    (spec / "kernel.json").write_text(json.dumps(spec_json))
+    return root / "kernels"
+
+
+def _run(path: pathlib.Path, workdir: pathlib.Path, kernel_dir: pathlib.Path):
+    from jupyter_client.kernelspec import KernelSpecManager
+    from jupyter_client.manager import KernelManager
+    from nbclient import NotebookClient
+
+    nb = _read(path)
+    manager = KernelManager(
+        kernel_name="python3", kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernel_dir)])
+    )
+    client = NotebookClient(
+        nb,
+        km=manager,
+        timeout=CELL_TIMEOUT_S,
+        kernel_name="python3",
+        resources={"metadata": {"path": str(workdir)}},
+    )
+    start = time.perf_counter()
+    client.execute()
+    return nb, time.perf_counter() - start
+
+
+def _text(cell) -> str:
+    """What the cell printed."""
+    return "".join(o.text for o in cell.get("outputs", []) if o.output_type == "stream")
+
+
+def _cell(nb, cell_id: str):
+    return next(c for c in nb.cells if c.get("id") == cell_id)
+
+
+def _has_png(cell) -> bool:
+    return any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
+
+
+@pytest.fixture
+def smoke_env(monkeypatch, tmp_path):
+    """What CI gives the kernel: smoke mode, this checkout, no network, private caches."""
+    monkeypatch.setenv("RESNET_JAX_SMOKE", "1")
+    monkeypatch.setenv("RESNET_JAX_REPO", str(REPO))
+    monkeypatch.setenv("RESNET_JAX_PACKAGE", "resnet-jax")
+    monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", "2")
+    monkeypatch.setenv("TFDS_DATA_DIR", str(tmp_path / "tfds"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras"))
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    for name in ("MPLBACKEND", "XLA_FLAGS", "KERAS_BACKEND"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    work = tmp_path / "work"
+    work.mkdir()
+    return work
+
+
+def test_train_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
+    nb, seconds = _run(COLAB / "train_resnet50_colab_tpu.ipynb", smoke_env, kernel_dir)
+    print(f"train_resnet50_colab_tpu.ipynb: {seconds:.0f} s", file=sys.stderr)
+    assert "Run for this runtime (smoke)" in _text(_cell(nb, "devices"))
+    top1 = re.search(r"validation top-1 ([0-9.]+)", _text(_cell(nb, "train")))
+    assert top1 and 0.0 <= float(top1.group(1)) <= 1.0
+    assert re.search(r"median [0-9,]+ images/s", _text(_cell(nb, "throughput")))
+    workdir = smoke_env / "workdir" / "resnet50_digits_32px"
+    assert (workdir / "curves.png").stat().st_size > 0
+    assert (workdir / "metrics.jsonl").exists() and (workdir / "checkpoints").is_dir()
+    assert _has_png(_cell(nb, "curves")) and _has_png(_cell(nb, "predict"))
+    assert re.search(r"\d+ of 16 right", _text(_cell(nb, "predict")))
+
+
+def test_verify_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
+    nb, seconds = _run(COLAB / "verify_numerics.ipynb", smoke_env, kernel_dir)
+    print(f"verify_numerics.ipynb: {seconds:.0f} s", file=sys.stderr)
+    for cell_id in ("tv-compare", "keras-compare"):
+        table = _text(_cell(nb, cell_id))
+        assert "layer4" in table and table.rstrip().endswith("\nPASS"), table
+    assert _has_png(_cell(nb, "tv-plot")) and _has_png(_cell(nb, "keras-compare"))
+    for cell_id in ("tv-top5", "keras-top5"):
+        out = _text(_cell(nb, cell_id))
+        assert re.search(r"^5\. ", out, re.M), out  # five ranks, both frameworks side by side
+        assert float(re.search(r"logits max\|diff\| = (\S+)", out).group(1)) < 1e-4
+    summary = _text(_cell(nb, "summary"))
+    assert summary.count("PASS") == 2, summary
+
+
+def test_finetune_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
+    nb, seconds = _run(COLAB / "predict_and_finetune.ipynb", smoke_env, kernel_dir)
+    print(f"predict_and_finetune.ipynb: {seconds:.0f} s", file=sys.stderr)
+    assert "china.jpg" in _text(_cell(nb, "label")) and _has_png(_cell(nb, "label"))
+    assert "100 training and 100 validation images of 10 classes" in _text(_cell(nb, "data"))
+    loop = re.search(r"fine-tuned: validation top-1 ([0-9.]+)", _text(_cell(nb, "train")))
+    assert loop, _text(_cell(nb, "train"))
+    workdir = smoke_env / "workdir" / "resnet18_digits"
+    assert (workdir / "checkpoints").is_dir() and (workdir / "curves.png").exists()
+    out = _text(_cell(nb, "finetuned"))
+    hits = re.search(r"(\d+) of 100 validation images right", out)
+    assert hits, out
+    # The predictor reading the workdir agrees with the loop's own evaluation.
+    assert int(hits.group(1)) / 100 == pytest.approx(float(loop.group(1)), abs=0.05)
+    assert _has_png(_cell(nb, "finetuned"))
