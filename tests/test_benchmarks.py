@@ -50,7 +50,7 @@ SMOKE_ARGS = [
 @pytest.fixture
 def quick_compiles(monkeypatch):
     """The smoke run checks plumbing, not speed: skip XLA optimisations (here and in children)."""
-    before = jax.config.values["jax_disable_most_optimizations"]
+    before = jax.config.read("jax_disable_most_optimizations")
     jax.config.update("jax_disable_most_optimizations", True)
     monkeypatch.setenv("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
     yield

@@ -16,7 +16,9 @@ Counts on this CPU build (XLA's all-reduce combiner on), ResNet-18:
   independent ones (projection shortcut and first BN), so the step has 35 all-reduce ops.
 - BN groups of 2 devices: the same 40 reductions over groups {0,1}, {2,3}, ...; the running
   statistics (40 arrays) are averaged over all devices in the single gradient all-reduce.
-- Per-device BN (no BN axis): no BN reductions; 1 all-reduce op in all.
+- Per-device BN (``bn_group_size=1``: no BN axis): no BN reductions; 1 all-reduce op in all.
+- pmap lowers to the same collectives as shard_map (145 one-array all-reduces before XLA
+  combines them, 40 of them BN).
 """
 
 import dataclasses
@@ -89,15 +91,11 @@ def all_reduces(hlo_text: str) -> list[AllReduce]:
 
 
 @functools.cache
-def lowered_step(
-    mode: str, bn_group_size: int, per_device_bn: bool, stage_sizes: tuple = (2, 2, 2, 2)
-):
+def lowered_step(mode: str, bn_group_size: int, stage_sizes: tuple = (2, 2, 2, 2)):
     """The train step on all 8 devices (batch 2 per device, 32x32), lowered."""
     assert jax.device_count() == 8, "tests/conftest.py sets 8 simulated CPU devices"
     parallel = par.create_data_parallel(mode, bn_group_size=bn_group_size)
     overrides = parallel.model_overrides()
-    if per_device_bn:
-        overrides = {"bn_axis_name": None, "bn_axis_index_groups": None}
     model = create_model("resnet18", stage_sizes=stage_sizes, **NARROW, **overrides)
     tx = optax.sgd(0.1, momentum=0.9)
     # Abstract arguments: lowering needs shapes and shardings, not values.
@@ -144,7 +142,7 @@ def totals(ops: list[AllReduce]) -> dict[str, int]:
 
 @pytest.mark.parametrize("stage_sizes", [(2, 2, 2, 2), SHALLOW])
 def test_sync_bn_step_has_two_bn_reductions_per_layer_and_few_gradient_all_reduces(stage_sizes):
-    ops = all_reduces(compiled_step("shard_map", 0, False, stage_sizes))
+    ops = all_reduces(compiled_step("shard_map", 0, stage_sizes))
     t = totals(ops)
     assert t["bn_stats"] == 2 * BN_LAYERS[stage_sizes]  # 40: forward + backward per layer
     assert t["bn_forward"] == BN_LAYERS[stage_sizes]
@@ -158,14 +156,14 @@ def test_sync_bn_step_has_two_bn_reductions_per_layer_and_few_gradient_all_reduc
 
 def test_gradient_all_reduce_count_does_not_grow_with_depth():
     counts = [
-        totals(all_reduces(compiled_step("shard_map", 0, False, s)))["ops_with_gradients"]
+        totals(all_reduces(compiled_step("shard_map", 0, s)))["ops_with_gradients"]
         for s in (SHALLOW, (2, 2, 2, 2))
     ]
     assert counts[0] == counts[1]
 
 
 def test_bn_groups_of_two_reduce_within_pairs_and_average_running_stats():
-    ops = all_reduces(compiled_step("shard_map", 2, False))
+    ops = all_reduces(compiled_step("shard_map", 2))
     t = totals(ops)
     assert t["bn_stats"] == 40
     assert {op.groups for op in ops if op.bn_stats} == {"{{0,1},{2,3},{4,5},{6,7}}"}
@@ -175,8 +173,8 @@ def test_bn_groups_of_two_reduce_within_pairs_and_average_running_stats():
     assert all(op.groups == ALL for op in ops if op.other)
 
 
-def test_per_device_bn_has_no_bn_collectives():
-    ops = all_reduces(compiled_step("shard_map", 1, True))
+def test_per_device_bn_from_bn_group_size_one_has_no_bn_collectives():
+    ops = all_reduces(compiled_step("shard_map", 1))
     t = totals(ops)
     assert t["bn_stats"] == 0
     assert t["other"] == GRADIENTS[(2, 2, 2, 2)] + RUNNING_STATS
@@ -192,13 +190,9 @@ def bn_shaped(types: list[str]) -> int:
     return sum(bool(re.fullmatch(r"tensor<2x\d+xf32>", t)) for t in types)
 
 
-def test_bn_group_size_one_from_the_config_has_no_bn_collectives():
-    assert bn_shaped(lowered_all_reduce_types(lowered_step("shard_map", 1, False))) == 0
-
-
 def test_pmap_lowers_to_the_same_collectives_as_shard_map():
     """Before XLA combines them: 145 all-reduces of one array each, 40 of them BN."""
-    pmap = lowered_all_reduce_types(lowered_step("pmap", 0, False))
-    shard_map = lowered_all_reduce_types(lowered_step("shard_map", 0, False))
+    pmap = lowered_all_reduce_types(lowered_step("pmap", 0))
+    shard_map = lowered_all_reduce_types(lowered_step("shard_map", 0))
     assert len(pmap) == len(shard_map) == 62 + 2 * 20 + METRIC_SCALARS
     assert bn_shaped(pmap) == bn_shaped(shard_map) == 40

@@ -16,13 +16,7 @@ from resnet_jax.models.layers import space_to_depth, stem_kernel_space_to_depth
 SMALL = dict(stem_width=8, stage_widths=(8, 8, 16, 16), stage_sizes=(1, 1, 1, 1), num_classes=5)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def quick_compiles():
-    """Equality checks need no XLA optimisations; they only make compiles slower."""
-    before = jax.config.values["jax_disable_most_optimizations"]
-    jax.config.update("jax_disable_most_optimizations", True)
-    yield
-    jax.config.update("jax_disable_most_optimizations", before)
+pytestmark = pytest.mark.usefixtures("fast_compile")  # Equality, not speed.
 
 
 def random_variables(model, x, seed=0):
@@ -124,7 +118,7 @@ def test_outputs_match_7x7_stem(name, size):
 
 def test_train_mode_gradients_and_batch_stats_match():
     plain, s2d = pair()
-    x = images(64)
+    x = images(32)
     labels = jnp.array([1, 3, 0, 2])
     variables = random_variables(plain, x)
 
