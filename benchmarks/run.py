@@ -28,6 +28,7 @@ os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from benchmarks import common, report  # noqa: E402
+from resnet_jax.convert.torchvision import TORCHVISION_MODELS  # noqa: E402
 
 ENV_RECORDED = (
     "XLA_FLAGS",
@@ -75,18 +76,6 @@ SUITES: dict[str, dict[str, Any]] = {
         scaling_image_size=224,
     ),
 }
-TORCHVISION_ARCHS = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "resnext101_64x4d",
-)
 TINY = (("stem_width", 8), ("stage_widths", (8, 8, 16, 16)))
 FAST_VARIANTS = {
     "baseline": "bf16 (fp32 params, fp32 BN statistics), NHWC, donated state, data on device, "
@@ -415,7 +404,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
     _check_choices(args.task_list, TASKS, "task")
     notes = []
     torch_fws = [f for f in args.framework_list if f.startswith("torch")]
-    if torch_fws and args.model not in TORCHVISION_ARCHS:
+    if torch_fws and args.model not in TORCHVISION_MODELS:
         raise SystemExit(f"--model {args.model} has no torchvision counterpart; drop {torch_fws}.")
     if "keras" in args.framework_list and args.model != "resnet50":
         raise SystemExit(
