@@ -23,6 +23,7 @@ import optax
 
 from benchmarks.common import peak_flops
 from resnet_jax import parallel as par
+from resnet_jax import platform
 from resnet_jax.models import create_model
 from resnet_jax.training import steps
 from resnet_jax.training.state import TrainState, create_train_state
@@ -44,6 +45,7 @@ class JaxConfig:
     remat: bool = False
     space_to_depth: bool = False
     num_devices: int = 1
+    xla_defaults: bool = False  # no resnet_jax.platform compiler options
     model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def build_model(self, **overrides: Any):
@@ -150,6 +152,7 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
             sync_batch_stats=parallel.has_bn_groups,
         ),
         donate_state=cfg.donate,
+        xla_defaults=cfg.xla_defaults,
     )
     state = parallel.replicate(
         _host_state(cfg.model, cfg.num_classes, cfg.image_size, cfg.model_kwargs)
@@ -264,7 +267,11 @@ class JaxInferRunner:
         )
         images = _host_batch(cfg.batch_size, cfg.image_size, cfg.num_classes)["image"]
         self._images = jax.device_put(images, device)
-        fn = jax.jit(lambda variables, x: model.apply(variables, x, train=False))
+        fn = platform.jit(
+            lambda variables, x: model.apply(variables, x, train=False),
+            platform=device.platform,
+            xla_defaults=cfg.xla_defaults,
+        )
         start = time.perf_counter()
         lowered = fn.lower(self._variables, self._images)
         lowered_at = time.perf_counter()

@@ -17,6 +17,7 @@ from typing import Any
 FRAMEWORK_NAMES = {
     "jax": "resnet-jax",
     "jax_v1": "resnet-jax (resnet50_v1)",
+    "jax_xla_defaults": "resnet-jax (XLA defaults)",
     "torch": "PyTorch eager",
     "torch_compile": "PyTorch compile",
     "keras": "Keras (JAX)",
@@ -121,6 +122,8 @@ def markdown(results: dict[str, Any]) -> str:
         f"{st['batch_size']}, median of {st['windows']} windows of {st['steps']} step(s) after "
         f"{st['warmup']} warmup step(s), windows interleaved across frameworks",
     ]
+    if "xla_compiler_options" in st:
+        out.append(f"- resnet-jax XLA compiler options: {st['xla_compiler_options'] or 'none'}")
     for run in runs:
         wall = run.get("wall_seconds")
         out.append(

@@ -37,9 +37,10 @@ ENV_RECORDED = (
     "OMP_WAIT_POLICY",
     "JAX_PLATFORMS",
     "KERAS_BACKEND",
+    "RESNET_JAX_XLA_DEFAULTS",
 )
 PARTS = ("compare", "fast", "input", "scaling")
-FRAMEWORKS = ("jax", "jax_v1", "torch", "torch_compile", "keras")
+FRAMEWORKS = ("jax", "jax_xla_defaults", "jax_v1", "torch", "torch_compile", "keras")
 TASKS = ("train", "inference")
 SUITES: dict[str, dict[str, Any]] = {
     "cpu": dict(
@@ -87,6 +88,7 @@ FAST_VARIANTS = {
     "prefetch": "NumPy batch transferred through prefetch_to_devices(size=2)",
     "space_to_depth": "space-to-depth stem (4x4 conv on 2x2 blocks)",
     "remat": "nn.remat on every block",
+    "xla_defaults": "XLA's default compiler options (no YNNPACK dot fusions on CPU)",
 }
 
 
@@ -170,10 +172,11 @@ def _runners(args: argparse.Namespace, task: str, precision: str) -> list[Any]:
         if fw == "jax":
             cls = jax_bench.JaxTrainRunner if train else jax_bench.JaxInferRunner
             runners.append(cls(jcfg, label="jax", warmup=args.warmup))
-        elif fw == "jax_v1":
-            cfg = dataclasses.replace(jcfg, model="resnet50_v1")
+        elif fw in ("jax_v1", "jax_xla_defaults"):
+            change = {"model": "resnet50_v1"} if fw == "jax_v1" else {"xla_defaults": True}
+            cfg = dataclasses.replace(jcfg, **change)
             cls = jax_bench.JaxTrainRunner if train else jax_bench.JaxInferRunner
-            runners.append(cls(cfg, label="jax_v1", warmup=args.warmup))
+            runners.append(cls(cfg, label=fw, warmup=args.warmup))
         elif fw in ("torch", "torch_compile"):
             cls = torch_bench.TorchTrainRunner if train else torch_bench.TorchInferRunner
             runners.append(
@@ -245,7 +248,7 @@ def _add_derived(rows: dict[str, dict[str, Any]], precision: str) -> None:
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     jax_ips = rows.get("jax", {}).get("images_per_sec")
-    for other in ("torch", "torch_compile", "keras"):
+    for other in ("jax_xla_defaults", "torch", "torch_compile", "keras"):
         if jax_ips and other in rows:
             out[f"jax/{other}"] = jax_ips / rows[other]["images_per_sec"]
     if "jax_v1" in rows and "keras" in rows:
@@ -270,6 +273,7 @@ def run_fast(args: argparse.Namespace, results: dict[str, Any]) -> None:
         "prefetch": (_jax_config(args, base, bs), {"feed": "prefetch"}),
         "space_to_depth": (_jax_config(args, base, bs, space_to_depth=True), {}),
         "remat": (_jax_config(args, base, bs, remat=True), {}),
+        "xla_defaults": (_jax_config(args, base, bs, xla_defaults=True), {}),
     }
     runners = [
         JaxTrainRunner(configs[v][0], label=v, warmup=args.warmup, **configs[v][1])
@@ -341,6 +345,15 @@ def run_scaling(args: argparse.Namespace, results: dict[str, Any]) -> None:
         "precision": precision,
         "rows": rows,
     }
+
+
+def _xla_options() -> dict[str, str] | None:
+    """The compiler options resnet-jax's steps compile with here (Keras gets XLA's defaults)."""
+    import jax
+
+    from resnet_jax import platform
+
+    return platform.compiler_options(jax.devices()[0].platform)
 
 
 def _powers_of_two(n: int) -> list[int]:
@@ -448,6 +461,7 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
             "torch": "channels_last, autocast bf16, torch.compile of the model "
             f"(mode {args.torch_compile_mode or 'default'}, cold inductor cache)",
             "env": {k: os.environ.get(k) for k in ENV_RECORDED},
+            "xla_compiler_options": _xla_options(),
         },
         "notes": notes,
     }

@@ -22,6 +22,8 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from resnet_jax import platform
+
 MODES = ("shard_map", "pmap")
 MESH_AXES = ("replica", "bn")
 PMAP_AXIS = "batch"
@@ -114,8 +116,14 @@ class DataParallel:
             groups = [list(range(i, i + g)) for i in range(0, n, g)]
         return {"bn_axis_name": PMAP_AXIS, "bn_axis_index_groups": groups}
 
-    def compile(self, per_device_fn: Callable, *, donate_state: bool) -> Callable:
-        """Wraps ``fn(state, batch) -> outputs`` so state is replicated, batch sharded."""
+    def compile(
+        self, per_device_fn: Callable, *, donate_state: bool, xla_defaults: bool = False
+    ) -> Callable:
+        """Wraps ``fn(state, batch) -> outputs`` so state is replicated, batch sharded.
+
+        shard_map steps compile with ``platform.compiler_options`` (YNNPACK dots on CPU)
+        unless ``xla_defaults``; ``jax.pmap`` takes no compiler options.
+        """
         donate = (0,) if donate_state else ()
         if self.mode == "pmap":
             return jax.pmap(
@@ -130,7 +138,12 @@ class DataParallel:
             out_specs=P(),
             check_vma=False,
         )
-        return jax.jit(mapped, donate_argnums=donate)
+        return platform.jit(
+            mapped,
+            platform=self.devices[0].platform,
+            xla_defaults=xla_defaults,
+            donate_argnums=donate,
+        )
 
     def replicate(self, tree: Any) -> Any:
         """Host or single-device pytree -> the state layout the compiled steps take."""

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
+from resnet_jax import platform
 from resnet_jax.convert.common import Variables, parse_block
 from resnet_jax.convert.reference import Activations
 
@@ -36,7 +37,7 @@ def _features_fn(model: nn.Module):
         blocks = {name: v["__call__"][0] for name, v in state["intermediates"].items()}
         return features, blocks
 
-    return jax.jit(forward)
+    return platform.jit(forward)
 
 
 def flax_activations(model: nn.Module, variables: Variables, x: np.ndarray) -> Activations:
