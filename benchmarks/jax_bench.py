@@ -24,6 +24,7 @@ import optax
 from benchmarks.common import peak_flops
 from resnet_jax import parallel as par
 from resnet_jax import platform
+from resnet_jax.data.presets import get_preset
 from resnet_jax.models import create_model
 from resnet_jax.training import steps
 from resnet_jax.training.state import TrainState, create_train_state
@@ -46,6 +47,7 @@ class JaxConfig:
     space_to_depth: bool = False
     num_devices: int = 1
     xla_defaults: bool = False  # no resnet_jax.platform compiler options
+    image_dtype: str = "float32"  # 'uint8': pixels shipped, normalised in the step
     model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def build_model(self, **overrides: Any):
@@ -114,10 +116,17 @@ def _host_state(model: str, num_classes: int, image_size: int, kwargs: tuple) ->
     return jax.device_get(state)
 
 
-def _host_batch(batch_size: int, image_size: int, num_classes: int) -> dict[str, np.ndarray]:
+def _host_batch(
+    batch_size: int, image_size: int, num_classes: int, image_dtype: str = "float32"
+) -> dict[str, np.ndarray]:
     rng = np.random.default_rng(0)
+    shape = (batch_size, image_size, image_size, 3)
+    if image_dtype == "uint8":
+        image = rng.integers(0, 256, size=shape, dtype=np.uint8)
+    else:
+        image = rng.standard_normal(shape, dtype=np.float32)
     return {
-        "image": rng.standard_normal((batch_size, image_size, image_size, 3), dtype=np.float32),
+        "image": image,
         "label": rng.integers(0, num_classes, size=batch_size, dtype=np.int32),
     }
 
@@ -150,6 +159,7 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
             label_smoothing=0.0,
             axis_name=parallel.axis_name,
             sync_batch_stats=parallel.has_bn_groups,
+            preset=get_preset("torchvision_v1"),  # normalises uint8 batches
         ),
         donate_state=cfg.donate,
         xla_defaults=cfg.xla_defaults,
@@ -158,7 +168,9 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         _host_state(cfg.model, cfg.num_classes, cfg.image_size, cfg.model_kwargs)
     )
     global_batch = cfg.batch_size * cfg.num_devices
-    batch = parallel.shard_batch(_host_batch(global_batch, cfg.image_size, cfg.num_classes))
+    batch = parallel.shard_batch(
+        _host_batch(global_batch, cfg.image_size, cfg.num_classes, cfg.image_dtype)
+    )
     start = time.perf_counter()
     lowered = fn.lower(state, batch)
     lowered_at = time.perf_counter()
@@ -211,7 +223,9 @@ class JaxTrainRunner:
         built = _compile_train(self.cfg)
         self._parallel, self._step = built.parallel, built.step
         cfg = self.cfg
-        self._host = _host_batch(self.images_per_step, cfg.image_size, cfg.num_classes)
+        self._host = _host_batch(
+            self.images_per_step, cfg.image_size, cfg.num_classes, cfg.image_dtype
+        )
         self._device_batch = self._parallel.shard_batch(self._host)
         self._prefetched = par.prefetch_to_devices(
             itertools.repeat(self._host), self._parallel, size=2

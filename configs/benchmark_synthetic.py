@@ -19,6 +19,7 @@ def get_config() -> ml_collections.ConfigDict:
 
     config.data.dataset = "synthetic"
     config.data.image_size = 224
+    config.data.image_dtype = "uint8"  # As the ImageNet recipes ship them.
 
     config.batch_size = 256
     config.eval_batch_size = 256

@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks import common, report, run
 from benchmarks.jax_bench import compiled_flops, compiled_memory, count_all_reduces
+from resnet_jax import platform
 
 SMOKE_ARGS = [
     "--suite",
@@ -27,13 +28,13 @@ SMOKE_ARGS = [
     "--warmup",
     "1",
     "--frameworks",
-    "jax,torch",
+    "jax,jax_xla_defaults,torch",
     "--precisions",
     "bf16",
     "--fast-batch-size",
     "2",
     "--fast-variants",
-    "baseline,host_sync,prefetch",
+    "baseline,host_sync,prefetch,prefetch_uint8,xla_defaults",
     "--scaling-devices",
     "2",
     "--scaling-batch-size",
@@ -69,20 +70,23 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
 
     for task in ("train", "inference"):
         rows = results["compare"][task]["bf16"]
-        assert set(rows) == {"jax", "torch"}
+        assert set(rows) == {"jax", "jax_xla_defaults", "torch"}
         assert all(
             r["images_per_sec"] > 0 and len(r["window_images_per_sec"]) == 2 for r in rows.values()
         )
         assert rows["jax"]["flops_per_image"] > 0
         assert rows["jax"]["mfu"] is None  # CPU: no peak FLOP/s known.
         assert results["ratios"][task]["bf16"]["jax/torch"] > 0
+        assert results["ratios"][task]["bf16"]["jax/jax_xla_defaults"] > 0
+    assert results["settings"]["xla_compiler_options"] == platform.CPU_OPTIONS
     train = results["compare"]["train"]["bf16"]["jax"]
     assert train["compile_seconds"] > 0 and train["compiled_memory"]["total_bytes"] > 0
     assert train["donate"] is True and train["all_reduce_ops"] >= 1
 
     fast = results["fast"]["variants"]
-    assert list(fast) == ["baseline", "host_sync", "prefetch"]
+    assert list(fast) == ["baseline", "host_sync", "prefetch", "prefetch_uint8", "xla_defaults"]
     assert fast["prefetch"]["feed"] == "prefetch" and fast["host_sync"]["host_sync"] is True
+    assert fast["prefetch_uint8"]["feed"] == "prefetch"
 
     inp = results["input_pipeline"]
     assert inp["images_per_sec"] > 0

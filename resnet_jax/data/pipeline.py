@@ -69,6 +69,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     # A presets.PRESETS name ('torchvision_v1', 'timm_rsb', 'keras_caffe', ...): it sets the
     # normalisation, interpolation and eval resize/crop ratio, overriding the four fields above.
     c.preset = _optional_str()
+    # 'float32': normalised model inputs; 'uint8': pixels in [0, 255], a quarter of the bytes
+    # to copy to the devices, normalised there by the steps (the accelerator recipes use it).
+    c.image_dtype = "float32"
     c.flip = True  # Random horizontal flips in training.
     c.shuffle_buffer = 16_384  # Examples in the TFDS shuffle buffer (small sources shuffle fully).
     c.cache = False  # Cache the undecoded records in memory (small datasets).
@@ -118,6 +121,7 @@ def _synthetic(config: Any, train: bool, seed: int) -> synthetic.SyntheticData:
         num_classes=int(config.num_classes),
         image_size=int(config.image_size),
         seed=seed if train else seed + 1,
+        dtype=str(config.image_dtype),
     )
 
 
@@ -206,7 +210,8 @@ def create_train_iterator(
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """Infinite batches {'image': float32 (B, S, S, 3), 'label': int32 (B,)} for this process.
+    """Infinite batches {'image': (B, S, S, 3), 'label': int32 (B,)} for this process; images
+    are float32 model inputs, or uint8 pixels with ``config.image_dtype='uint8'``.
 
     B = global_batch_size // process_count. Started at ``start_step`` it yields exactly the
     batches the uninterrupted iterator yields from that step on.
@@ -297,7 +302,7 @@ def create_eval_iterator(
 
     size = int(config.image_size)
     pad = {
-        "image": tf.zeros([size, size, 3], tf.float32),
+        "image": tf.zeros([size, size, 3], tf.as_dtype(config.image_dtype)),
         "label": tf.constant(0, tf.int32),
         "mask": tf.constant(0.0),
     }

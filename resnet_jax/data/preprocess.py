@@ -31,6 +31,7 @@ Example = dict[str, tf.Tensor]
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area", "lanczos3")
 TRAIN_PREPROCESS = ("inception_crop", "cifar_crop", "resize")
 EVAL_PREPROCESS = ("center_crop", "resize")
+IMAGE_DTYPES = presets.IMAGE_DTYPES
 
 
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -170,6 +171,15 @@ def normalize(image: tf.Tensor, preset: presets.Preset) -> tf.Tensor:
     return tf.cast(presets.normalize(tf.cast(image, tf.float32), preset), tf.float32)
 
 
+def finish(image: tf.Tensor, preset: presets.Preset, image_dtype: str) -> tf.Tensor:
+    """The pipeline's output: normalised float32 inputs, or (``image_dtype='uint8'``) the
+    pixels rounded to uint8, a quarter of the bytes to ship, normalised on the device by the
+    train and eval steps (``resnet_jax.training.steps.model_inputs``)."""
+    if image_dtype == "uint8":
+        return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
+    return normalize(image, preset)
+
+
 def example_seed(seed: int, counter: tf.Tensor) -> tf.Tensor:
     """The stateless seed of one example: a function of the run seed and its global counter."""
     return tf.stack([tf.constant(seed, tf.int64), tf.cast(counter, tf.int64)])
@@ -193,8 +203,10 @@ def eval_preset(config: Any) -> presets.Preset:
 
 
 def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
-    """Returns ``fn(data, seed) -> float32 (S, S, 3)`` for ``config.train_preprocess``."""
+    """Returns ``fn(data, seed) -> (S, S, 3)`` for ``config.train_preprocess``: float32 model
+    inputs, or uint8 pixels with ``config.image_dtype='uint8'``."""
     _check_choice("train_preprocess", config.train_preprocess, TRAIN_PREPROCESS)
+    _check_choice("image_dtype", config.image_dtype, IMAGE_DTYPES)
     preset = eval_preset(config)
     size, method = int(config.image_size), preset.interpolation
     _check_choice("interpolation", method, INTERPOLATIONS)
@@ -211,7 +223,7 @@ def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
             image = resize(decode_rgb(data), (size, size), method)
         if config.flip:
             image = flip(image, flip_seed)
-        image = normalize(image, preset)
+        image = finish(image, preset, config.image_dtype)
         image.set_shape([size, size, 3])
         return image
 
@@ -219,8 +231,9 @@ def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
 
 
 def make_eval_transform(config: Any) -> Callable[[tf.Tensor], tf.Tensor]:
-    """Returns ``fn(data) -> float32 (S, S, 3)`` for ``config.eval_preprocess``."""
+    """Returns ``fn(data) -> (S, S, 3)`` for ``config.eval_preprocess`` (dtype as above)."""
     _check_choice("eval_preprocess", config.eval_preprocess, EVAL_PREPROCESS)
+    _check_choice("image_dtype", config.image_dtype, IMAGE_DTYPES)
     preset = eval_preset(config)
     size, method = int(config.image_size), preset.interpolation
     _check_choice("interpolation", method, INTERPOLATIONS)
@@ -235,7 +248,7 @@ def make_eval_transform(config: Any) -> Callable[[tf.Tensor], tf.Tensor]:
             )
         else:
             image = resize(decode_rgb(data), (size, size), method)
-        image = normalize(image, preset)
+        image = finish(image, preset, config.image_dtype)
         image.set_shape([size, size, 3])
         return image
 

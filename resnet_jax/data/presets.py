@@ -104,6 +104,10 @@ def data_preset(data: Any) -> Preset:
     )
 
 
+# Pipeline outputs: normalised float32, or uint8 pixels that the steps normalise on the device.
+IMAGE_DTYPES = ("float32", "uint8")
+
+
 def normalize(x, preset: Preset):
     """Maps float RGB pixels in [0, 255] (NumPy, JAX or TF array, channels last) to inputs."""
     mean = np.asarray(preset.mean, np.float32)

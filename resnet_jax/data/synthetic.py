@@ -19,17 +19,32 @@ POOL_SIZE = 32
 
 @dataclasses.dataclass(frozen=True)
 class SyntheticData:
-    """Image pool (P, S, S, 3) float32 and labels (N,) int32, fixed by the seed."""
+    """Image pool (P, S, S, 3) and labels (N,) int32, fixed by the seed: standard-normal
+    float32 inputs, or uniform uint8 pixels for ``dtype='uint8'``."""
 
     images: np.ndarray
     labels: np.ndarray
 
     @classmethod
-    def create(cls, *, num_examples: int, num_classes: int, image_size: int, seed: int):
+    def create(
+        cls,
+        *,
+        num_examples: int,
+        num_classes: int,
+        image_size: int,
+        seed: int,
+        dtype: str = "float32",
+    ):
         rng = np.random.default_rng(seed)
         labels = rng.integers(0, num_classes, size=num_examples, dtype=np.int32)
         pool = min(POOL_SIZE, num_examples)
-        images = rng.standard_normal((pool, image_size, image_size, 3), dtype=np.float32)
+        shape = (pool, image_size, image_size, 3)
+        if dtype == "uint8":
+            images = rng.integers(0, 256, size=shape, dtype=np.uint8)
+        elif dtype == "float32":
+            images = rng.standard_normal(shape, dtype=np.float32)
+        else:
+            raise ValueError(f"Unknown image dtype {dtype!r}; expected 'float32' or 'uint8'.")
         return cls(images=images, labels=labels)
 
     def batch(self, indices: np.ndarray) -> dict[str, np.ndarray]:
@@ -71,8 +86,8 @@ def eval_iterator(
         idx = start + b * local_batch + np.arange(local_batch)
         valid = idx < stop
         out = data.batch(np.where(valid, idx, 0))
-        out["image"] = np.where(valid[:, None, None, None], out["image"], 0.0).astype(np.float32)
+        image = out["image"]
+        out["image"] = np.where(valid[:, None, None, None], image, 0).astype(image.dtype)
         out["label"] = np.where(valid, out["label"], 0).astype(np.int32)
         out["mask"] = valid.astype(np.float32)
         yield out
-

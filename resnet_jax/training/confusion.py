@@ -15,7 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from resnet_jax.data import presets
 from resnet_jax.parallel import DataParallel
+from resnet_jax.training import steps
 from resnet_jax.training.evaluate import pad_batch
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.steps import AxisNames
@@ -31,9 +33,11 @@ def confusion_step(
     model: nn.Module,
     axis_name: AxisNames,
     num_classes: int,
+    preset: presets.Preset | None = None,
 ) -> jax.Array:
     """(num_classes, num_classes) int32 counts of (label, top-1 prediction) over real examples."""
-    logits = model.apply(state.variables, batch["image"], train=False).astype(jnp.float32)
+    images = steps.model_inputs(batch["image"], preset)
+    logits = model.apply(state.variables, images, train=False).astype(jnp.float32)
     predicted = lax.top_k(logits, 1)[1][:, 0]  # Ties broken as the eval step's top-1.
     counts = jnp.zeros((num_classes, num_classes), jnp.int32)
     counts = counts.at[batch["label"], predicted].add(batch["mask"].astype(jnp.int32))
@@ -104,7 +108,11 @@ def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
         return None
     model = build_model(config, info.num_classes, parallel)
     step_fn = functools.partial(
-        confusion_step, model=model, axis_name=parallel.axis_name, num_classes=info.num_classes
+        confusion_step,
+        model=model,
+        axis_name=parallel.axis_name,
+        num_classes=info.num_classes,
+        preset=presets.data_preset(pipeline.with_defaults(config.data)),
     )
     counts = confusion_matrix(
         parallel.compile(step_fn, donate_state=False),

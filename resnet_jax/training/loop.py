@@ -23,6 +23,7 @@ from absl import logging
 
 from resnet_jax import parallel as par
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint, check_compatible
+from resnet_jax.data import presets
 from resnet_jax.models import ResNet, create_model
 from resnet_jax.training import confusion, faults, finetune, optim, steps, validate
 from resnet_jax.training.evaluate import evaluate
@@ -141,6 +142,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
+    preset = presets.data_preset(pipeline.with_defaults(config.data))  # for uint8 batches
     train_fn = parallel.compile(
         functools.partial(
             steps.train_step,
@@ -150,11 +152,14 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
             axis_name=parallel.axis_name,
             sync_batch_stats=parallel.has_bn_groups,
             skip_nonfinite=config.nonfinite == "skip",
+            preset=preset,
         ),
         donate_state=True,
     )
     eval_fn = parallel.compile(
-        functools.partial(steps.eval_step, model=model, axis_name=parallel.axis_name),
+        functools.partial(
+            steps.eval_step, model=model, axis_name=parallel.axis_name, preset=preset
+        ),
         donate_state=False,
     )
     progress = ProgressBar(total_steps, enabled=is_main and config.progress_bar)

@@ -16,12 +16,26 @@ import jax.numpy as jnp
 import optax
 from jax import lax
 
+from resnet_jax.data import presets
 from resnet_jax.training.optim import cross_entropy
 from resnet_jax.training.state import TrainState
 
 Metrics = dict[str, jax.Array]
 AxisNames = Hashable | Sequence[Hashable]
 NO_STEP = 2**31 - 1  # ``first_nonfinite`` of a window without a non-finite step.
+
+
+def model_inputs(images: jax.Array, preset: presets.Preset | None) -> jax.Array:
+    """The model's input: float images as they come; uint8 pixels (``data.image_dtype='uint8'``)
+    normalised here, on the device, in float32 with the data config's preset."""
+    if images.dtype != jnp.uint8:
+        return images
+    if preset is None:
+        raise ValueError(
+            "The batch holds uint8 pixels (data.image_dtype='uint8') but the step was built "
+            "without a preset to normalise them: pass preset=presets.data_preset(config.data)."
+        )
+    return presets.normalize(images.astype(jnp.float32), preset)
 
 
 def train_step(
@@ -34,6 +48,7 @@ def train_step(
     axis_name: AxisNames,
     sync_batch_stats: bool = False,
     skip_nonfinite: bool = False,
+    preset: presets.Preset | None = None,
 ) -> tuple[TrainState, Metrics]:
     """One SGD step on this device's shard of the global batch.
 
@@ -43,8 +58,9 @@ def train_step(
     A step whose global loss or gradient norm is not finite reports ``nonfinite`` = 1 and
     its number in ``first_nonfinite``; with ``skip_nonfinite`` it keeps the previous params,
     BN statistics and optimizer state (the step counter still advances past the batch).
+    ``preset`` normalises uint8 batches (see ``model_inputs``).
     """
-    images, labels = batch["image"], batch["label"]
+    images, labels = model_inputs(batch["image"], preset), batch["label"]
 
     def loss_fn(params):
         logits, updates = model.apply(
@@ -84,10 +100,16 @@ def train_step(
 
 
 def eval_step(
-    state: TrainState, batch: dict[str, jax.Array], *, model: nn.Module, axis_name: AxisNames
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    model: nn.Module,
+    axis_name: AxisNames,
+    preset: presets.Preset | None = None,
 ) -> Metrics:
     """Sums of loss, top-1 and top-5 hits over the masked (real) examples of the batch."""
-    logits = model.apply(state.variables, batch["image"], train=False).astype(jnp.float32)
+    images = model_inputs(batch["image"], preset)
+    logits = model.apply(state.variables, images, train=False).astype(jnp.float32)
     labels = batch["label"]
     mask = batch["mask"].astype(jnp.float32)
     k = min(5, logits.shape[-1])

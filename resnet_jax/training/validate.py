@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ml_collections
 
+from resnet_jax.data.presets import IMAGE_DTYPES
 from resnet_jax.models import list_models, model_spec
 from resnet_jax.parallel import MODES, check_batch_size
 from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES
@@ -45,6 +46,12 @@ def check_config(
     if config.optimizer.lr_schedule not in SCHEDULES:
         errors.append(
             f"optimizer.lr_schedule {config.optimizer.lr_schedule!r} is not one of {SCHEDULES}."
+        )
+    image_dtype = config.data.get("image_dtype", "float32")
+    if image_dtype not in IMAGE_DTYPES:
+        errors.append(
+            f"data.image_dtype {image_dtype!r} is not one of {IMAGE_DTYPES} ('uint8' ships "
+            "pixels and normalises them on the devices)."
         )
     if config.nonfinite not in NONFINITE:
         errors.append(f"nonfinite {config.nonfinite!r} is not one of {NONFINITE}.")
