@@ -18,6 +18,7 @@ FRAMEWORK_NAMES = {
     "jax": "resnet-jax",
     "jax_v1": "resnet-jax (resnet50_v1)",
     "jax_xla_defaults": "resnet-jax (XLA defaults)",
+    "jax_space_to_depth": "resnet-jax (space-to-depth stem)",
     "torch": "PyTorch eager",
     "torch_compile": "PyTorch compile",
     "keras": "Keras (JAX)",

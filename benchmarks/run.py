@@ -40,8 +40,22 @@ ENV_RECORDED = (
     "RESNET_JAX_XLA_DEFAULTS",
 )
 PARTS = ("compare", "fast", "input", "scaling")
-FRAMEWORKS = ("jax", "jax_xla_defaults", "jax_v1", "torch", "torch_compile", "keras")
+FRAMEWORKS = (
+    "jax",
+    "jax_xla_defaults",
+    "jax_space_to_depth",
+    "jax_v1",
+    "torch",
+    "torch_compile",
+    "keras",
+)
 TASKS = ("train", "inference")
+# resnet-jax rows beside the default one: what the JaxConfig changes.
+JAX_VARIANTS: dict[str, dict[str, Any]] = {
+    "jax_v1": {"model": "resnet50_v1"},  # Keras's architecture
+    "jax_xla_defaults": {"xla_defaults": True},  # no resnet_jax.platform compiler options
+    "jax_space_to_depth": {"space_to_depth": True},  # the MLPerf TPU stem
+}
 SUITES: dict[str, dict[str, Any]] = {
     "cpu": dict(
         batch_size=32,
@@ -173,9 +187,8 @@ def _runners(args: argparse.Namespace, task: str, precision: str) -> list[Any]:
         if fw == "jax":
             cls = jax_bench.JaxTrainRunner if train else jax_bench.JaxInferRunner
             runners.append(cls(jcfg, label="jax", warmup=args.warmup))
-        elif fw in ("jax_v1", "jax_xla_defaults"):
-            change = {"model": "resnet50_v1"} if fw == "jax_v1" else {"xla_defaults": True}
-            cfg = dataclasses.replace(jcfg, **change)
+        elif fw in JAX_VARIANTS:
+            cfg = dataclasses.replace(jcfg, **JAX_VARIANTS[fw])
             cls = jax_bench.JaxTrainRunner if train else jax_bench.JaxInferRunner
             runners.append(cls(cfg, label=fw, warmup=args.warmup))
         elif fw in ("torch", "torch_compile"):
@@ -249,11 +262,14 @@ def _add_derived(rows: dict[str, dict[str, Any]], precision: str) -> None:
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     jax_ips = rows.get("jax", {}).get("images_per_sec")
-    for other in ("jax_xla_defaults", "torch", "torch_compile", "keras"):
+    for other in ("jax_xla_defaults", "jax_space_to_depth", "torch", "torch_compile", "keras"):
         if jax_ips and other in rows:
             out[f"jax/{other}"] = jax_ips / rows[other]["images_per_sec"]
     if "jax_v1" in rows and "keras" in rows:
         out["jax_v1/keras"] = rows["jax_v1"]["images_per_sec"] / rows["keras"]["images_per_sec"]
+    if "jax_space_to_depth" in rows and "torch" in rows:
+        s2d = rows["jax_space_to_depth"]["images_per_sec"]
+        out["jax_space_to_depth/torch"] = s2d / rows["torch"]["images_per_sec"]
     return out
 
 

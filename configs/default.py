@@ -19,6 +19,12 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.zero_init_last_bn = True  # Goyal et al.: last BN scale of each block at 0.
     # Extra ResNet attributes (stage_widths, stem_width, ...): create_model(name, **kwargs).
     config.model.kwargs = ml_collections.ConfigDict()
+    # The MLPerf TPU stem: the 7x7/2 conv as a 4x4 conv on 2x2 space-to-depth input, an exact
+    # reparametrisation on the same parameters (checkpoints load either way); even sizes only.
+    config.model.space_to_depth = False
+    # Recompute each block's activations in the backward pass (nn.remat): less memory for
+    # large per-device batches, about a third more compute.
+    config.model.remat = False
     # Compute dtype: 'bfloat16' (params and BN statistics stay float32) or 'float32'.
     config.dtype = "float32"
 

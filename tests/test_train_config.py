@@ -144,3 +144,19 @@ def test_command_line_overrides_reach_the_run_and_errors_are_clean(tmp_path):
     assert proc.returncode != 0
     assert "batch_size=100 is not divisible by the number of devices (8)" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_space_to_depth_and_remat_are_model_fields_and_kwargs_override_them():
+    from resnet_jax.parallel import create_data_parallel
+
+    config = load_config("default")
+    config.model.name = "resnet18"
+    parallel = create_data_parallel("shard_map")
+    plain = loop.build_model(config, 10, parallel)
+    assert (plain.space_to_depth, plain.remat, plain.num_classes) == (False, False, 10)
+    config.model.space_to_depth = True
+    config.model.remat = True
+    model = loop.build_model(config, 10, parallel)
+    assert model.space_to_depth is True and model.remat is True
+    config.model.kwargs = ml_collections.ConfigDict({"remat": False})
+    assert loop.build_model(config, 10, parallel).remat is False

@@ -78,6 +78,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.num_parallel_calls = -1  # Parallel decode/augment calls; -1 = AUTOTUNE.
     c.prefetch = -1  # Batches prefetched; -1 = AUTOTUNE.
     c.private_threads = 48  # tf.data private thread pool size; 0 = TF's shared pool.
+    # Training examples in a fixed order. False lets tf.data hand out examples as they finish
+    # (hosts with slow or uneven reads keep ahead), but a resumed run no longer sees exactly
+    # the batches of an uninterrupted one. Evaluation is always ordered.
+    c.deterministic = True
     c.num_classes = 1000  # 'synthetic' only.
     c.synthetic_size = 1024  # 'synthetic': training examples.
     c.synthetic_eval_size = 256  # 'synthetic': eval examples.
@@ -183,11 +187,11 @@ def _source(config: ml_collections.ConfigDict, *, train: bool, index: int, count
     return sources.tfds_source(config, split, **where)
 
 
-def _options(config: ml_collections.ConfigDict) -> Any:
+def _options(config: ml_collections.ConfigDict, deterministic: bool = True) -> Any:
     import tensorflow as tf
 
     options = tf.data.Options()
-    options.deterministic = True
+    options.deterministic = deterministic
     options.autotune.enabled = True
     options.threading.max_intra_op_parallelism = 1
     if config.private_threads > 0:
@@ -243,6 +247,10 @@ def create_train_iterator(
     buffer = n if source.shuffle_buffer is None else max(1, min(source.shuffle_buffer, n))
 
     def epoch(e: tf.Tensor) -> tf.data.Dataset:
+        # The order must follow from `seed` alone. TF pairs an op seed with the graph-level
+        # seed that tf.random.set_seed / keras.utils.set_random_seed leave behind (and with
+        # a global seed of 0 cannot take a tensor op seed at all): trace without it.
+        tf.compat.v1.get_default_graph().seed = None
         shuffle_seed = preprocess.epoch_shuffle_seed(seed, e)
         shuffled = records.shuffle(buffer, seed=shuffle_seed, reshuffle_each_iteration=False)
         if source.check is None:
@@ -259,10 +267,11 @@ def create_train_iterator(
 
     ds = tf.data.Dataset.counter(start_epoch).flat_map(epoch).skip(offset)
     ds = ds.enumerate(start=consumed)
-    ds = ds.map(prepare, num_parallel_calls=int(config.num_parallel_calls), deterministic=True)
+    ordered = bool(config.deterministic)
+    ds = ds.map(prepare, num_parallel_calls=int(config.num_parallel_calls), deterministic=ordered)
     ds = ds.batch(local_batch, drop_remainder=True)
     ds = ds.prefetch(int(config.prefetch))
-    return _as_numpy(ds.with_options(_options(config)))
+    return _as_numpy(ds.with_options(_options(config, ordered)))
 
 
 def create_eval_iterator(

@@ -39,7 +39,12 @@ def build_model(
     config: ml_collections.ConfigDict, num_classes: int, parallel: par.DataParallel
 ) -> ResNet:
     """The configured architecture with compute dtype, BN axes and class count set."""
-    kwargs = {"num_classes": num_classes, **config.model.kwargs.to_dict()}
+    kwargs = {
+        "num_classes": num_classes,
+        "space_to_depth": config.model.get("space_to_depth", False),
+        "remat": config.model.get("remat", False),
+        **config.model.kwargs.to_dict(),
+    }
     return create_model(
         config.model.name,
         dtype=jnp.dtype(config.dtype),
