@@ -49,16 +49,25 @@ def get_config():
 # Runs train.py as is, after making each checkpoint commit slow (so that kills land inside
 # asynchronous writes) and reporting every save and restore with the state's checksum.
 DRIVER = """
-import asyncio, os, runpy, sys
+import asyncio, os, runpy, sys, threading
 from orbax.checkpoint._src.path import atomicity
 from resnet_jax import checkpoint
 
 delay = float(os.environ["COMMIT_DELAY_S"])
 commit = atomicity.AtomicRenameTemporaryPath.finalize
+lock = threading.Lock()
+
+
+def report(*words):
+    # One write per line under a lock: the commit thread's lines never split another's.
+    line = " ".join(str(w) for w in words) + "\\n"
+    with lock:
+        sys.stdout.write(line)
+        sys.stdout.flush()
 
 
 async def slow_commit(self):
-    print("COMMIT", flush=True)
+    report("COMMIT")
     await asyncio.sleep(delay)
     await commit(self)
 
@@ -67,13 +76,13 @@ save, restore = checkpoint.Checkpointer.save, checkpoint.Checkpointer.restore
 
 
 def reporting_save(self, step, state, meta, **kw):
-    print("SAVE", step, checkpoint.state_checksum(state), flush=True)
+    report("SAVE", step, checkpoint.state_checksum(state))
     return save(self, step, state, meta, **kw)
 
 
 def reporting_restore(self, target, step=None):
     state, meta = restore(self, target, step)
-    print("RESTORE", int(state.step), checkpoint.state_checksum(state), flush=True)
+    report("RESTORE", int(state.step), checkpoint.state_checksum(state))
     return state, meta
 
 
