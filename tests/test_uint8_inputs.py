@@ -39,8 +39,9 @@ def test_uint8_batches_are_the_float_batches_before_normalisation(preset):
     preset_obj = presets.data_preset(pipeline.with_defaults(as_uint8))
     on_device = np.asarray(steps.model_inputs(jax.numpy.asarray(b["image"]), preset_obj))
     # Pixels are rounded to whole values: at most half a grey level apart.
-    half_level = 0.5 / 255.0 / min(preset_obj.std) if preset_obj.mode == "torch" else None
-    half_level = half_level or (0.5 / 127.5 if preset_obj.mode == "tf" else 0.5)
+    half_level = {"torch": 0.5 / 255.0 / min(preset_obj.std), "tf": 0.5 / 127.5, "caffe": 0.5}[
+        preset_obj.mode
+    ]
     assert np.abs(on_device - a["image"]).max() <= half_level * (1 + 1e-4)
 
     ev_a = list(pipeline.create_eval_iterator(as_float, **kw))

@@ -31,7 +31,6 @@ Example = dict[str, tf.Tensor]
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area", "lanczos3")
 TRAIN_PREPROCESS = ("inception_crop", "cifar_crop", "resize")
 EVAL_PREPROCESS = ("center_crop", "resize")
-IMAGE_DTYPES = presets.IMAGE_DTYPES
 
 
 def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
@@ -206,7 +205,7 @@ def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
     """Returns ``fn(data, seed) -> (S, S, 3)`` for ``config.train_preprocess``: float32 model
     inputs, or uint8 pixels with ``config.image_dtype='uint8'``."""
     _check_choice("train_preprocess", config.train_preprocess, TRAIN_PREPROCESS)
-    _check_choice("image_dtype", config.image_dtype, IMAGE_DTYPES)
+    _check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
     preset = eval_preset(config)
     size, method = int(config.image_size), preset.interpolation
     _check_choice("interpolation", method, INTERPOLATIONS)
@@ -233,7 +232,7 @@ def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
 def make_eval_transform(config: Any) -> Callable[[tf.Tensor], tf.Tensor]:
     """Returns ``fn(data) -> (S, S, 3)`` for ``config.eval_preprocess`` (dtype as above)."""
     _check_choice("eval_preprocess", config.eval_preprocess, EVAL_PREPROCESS)
-    _check_choice("image_dtype", config.image_dtype, IMAGE_DTYPES)
+    _check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
     preset = eval_preset(config)
     size, method = int(config.image_size), preset.interpolation
     _check_choice("interpolation", method, INTERPOLATIONS)

@@ -112,7 +112,7 @@ def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
         model=model,
         axis_name=parallel.axis_name,
         num_classes=info.num_classes,
-        preset=presets.data_preset(pipeline.with_defaults(config.data)),
+        preset=run.preset,
     )
     counts = confusion_matrix(
         parallel.compile(step_fn, donate_state=False),

@@ -66,6 +66,7 @@ class _Run:
     total_steps: int
     parallel: par.DataParallel
     lr_fn: optax.Schedule
+    preset: presets.Preset  # Normalises uint8 batches in every step that takes images.
     train_fn: Callable
     eval_fn: Callable
     state: TrainState
@@ -189,6 +190,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         total_steps=total_steps,
         parallel=parallel,
         lr_fn=lr_fn,
+        preset=preset,
         train_fn=train_fn,
         eval_fn=eval_fn,
         state=state,
