@@ -151,16 +151,11 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
     parallel = par.create_data_parallel("shard_map", devices=devices)
     model = cfg.build_model(**parallel.model_overrides())
     tx = optax.sgd(0.1, momentum=0.9)
-    fn = parallel.compile(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            tx=tx,
-            label_smoothing=0.0,
-            axis_name=parallel.axis_name,
-            sync_batch_stats=parallel.has_bn_groups,
-            preset=get_preset("torchvision_v1"),  # normalises uint8 batches
-        ),
+    fn = steps.compile_train_step(
+        parallel,
+        model=model,
+        tx=tx,
+        preset=get_preset("torchvision_v1"),  # normalises uint8 batches
         donate_state=cfg.donate,
         xla_defaults=cfg.xla_defaults,
     )

@@ -107,17 +107,7 @@ def lowered_step(mode: str, bn_group_size: int, stage_sizes: tuple = (2, 2, 2, 2
         state = jax.tree.map(
             lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=replicated), state
         )
-    step = parallel.compile(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            tx=tx,
-            label_smoothing=0.0,
-            axis_name=parallel.axis_name,
-            sync_batch_stats=parallel.has_bn_groups,
-        ),
-        donate_state=True,
-    )
+    step = steps.compile_train_step(parallel, model=model, tx=tx)
     batch = parallel.shard_batch(
         {"image": np.zeros((16, 32, 32, 3), np.float32), "label": np.zeros((16,), np.int32)}
     )

@@ -1,7 +1,5 @@
 """Data parallelism on 8 simulated CPU devices: shard_map, pmap and one device agree."""
 
-import functools
-
 import jax
 import ml_collections
 import numpy as np
@@ -45,17 +43,7 @@ def train(mode, batches, *, devices=None, bn_group_size=0):
     )
     tx = optim.create_optimizer(opt, lambda step: 0.1)
     state = create_train_state(model, tx, seed=0, image_shape=(SIZE, SIZE, 3))
-    step_fn = parallel.compile(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            tx=tx,
-            label_smoothing=0.1,
-            axis_name=parallel.axis_name,
-            sync_batch_stats=parallel.has_bn_groups,
-        ),
-        donate_state=True,
-    )
+    step_fn = steps.compile_train_step(parallel, model=model, tx=tx, label_smoothing=0.1)
     state = parallel.replicate(state)
     losses = []
     for batch in batches:

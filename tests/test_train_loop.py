@@ -1,6 +1,5 @@
 """The training loop end to end on the digits: exact resume, its outputs, exact evaluation."""
 
-import functools
 import json
 import os
 import pathlib
@@ -25,8 +24,6 @@ TOTAL = 6
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 
 
 def tiny_config() -> ml_collections.ConfigDict:
@@ -149,10 +146,7 @@ def test_evaluation_counts_every_example_once():
     model = build_model(config, info.num_classes, parallel)
     tx = optim.create_optimizer(config.optimizer, lambda step: 0.1)
     state = create_train_state(model, tx, seed=0, image_shape=(8, 8, 3))
-    eval_fn = parallel.compile(
-        functools.partial(steps.eval_step, model=model, axis_name=parallel.axis_name),
-        donate_state=False,
-    )
+    eval_fn = steps.compile_eval_step(parallel, model=model)
     batches = list(pipeline.create_eval_iterator(config.data, global_batch_size=64))
     got = evaluate(eval_fn, parallel.replicate(state), batches, parallel, local_batch_size=64)
 

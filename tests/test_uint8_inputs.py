@@ -1,8 +1,6 @@
 """data.image_dtype='uint8': the pipeline ships pixels (a quarter of the bytes) and the steps
 normalise them on the device; the results match the float32 pipeline."""
 
-import functools
-
 import jax
 import numpy as np
 import pytest
@@ -77,11 +75,9 @@ def test_the_steps_normalise_uint8_on_the_device_as_the_host_would():
     labels = rng.integers(0, 10, 8).astype(np.int32)
     normalised = presets.normalize(pixels.astype(np.float32), preset).astype(np.float32)
 
-    def compiled(fn, **kw):
-        step = functools.partial(fn, model=model, axis_name=parallel.axis_name, **kw)
-        return parallel.compile(step, donate_state=False)
-
-    train = compiled(steps.train_step, tx=tx, label_smoothing=0.0, preset=preset)
+    train = steps.compile_train_step(
+        parallel, model=model, tx=tx, preset=preset, donate_state=False
+    )
     host = {"image": normalised, "label": labels}
     _, m_host = train(state, parallel.shard_batch(host))
     _, m_dev = train(state, parallel.shard_batch({"image": pixels, "label": labels}))
@@ -89,12 +85,12 @@ def test_the_steps_normalise_uint8_on_the_device_as_the_host_would():
     assert float(m_dev["top1"]) == float(m_host["top1"])
 
     mask = np.ones(8, np.float32)
-    ev = compiled(steps.eval_step, preset=preset)
+    ev = steps.compile_eval_step(parallel, model=model, preset=preset)
     e_host = ev(state, parallel.shard_batch({**host, "mask": mask}))
     e_dev = ev(state, parallel.shard_batch({"image": pixels, "label": labels, "mask": mask}))
     assert float(e_dev["loss"]) == pytest.approx(float(e_host["loss"]), rel=1e-5)
 
-    no_preset = compiled(steps.eval_step)
+    no_preset = steps.compile_eval_step(parallel, model=model)
     with pytest.raises(ValueError, match="uint8 pixels .* without a preset"):
         no_preset(state, parallel.shard_batch({"image": pixels, "label": labels, "mask": mask}))
 

@@ -8,7 +8,6 @@ periodic logging, evaluation and asynchronous checkpoints; finally plot the curv
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import os
 import time
@@ -149,25 +148,15 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
     preset = presets.data_preset(pipeline.with_defaults(config.data))  # for uint8 batches
-    train_fn = parallel.compile(
-        functools.partial(
-            steps.train_step,
-            model=model,
-            tx=tx,
-            label_smoothing=config.label_smoothing,
-            axis_name=parallel.axis_name,
-            sync_batch_stats=parallel.has_bn_groups,
-            skip_nonfinite=config.nonfinite == "skip",
-            preset=preset,
-        ),
-        donate_state=True,
+    train_fn = steps.compile_train_step(
+        parallel,
+        model=model,
+        tx=tx,
+        label_smoothing=config.label_smoothing,
+        skip_nonfinite=config.nonfinite == "skip",
+        preset=preset,
     )
-    eval_fn = parallel.compile(
-        functools.partial(
-            steps.eval_step, model=model, axis_name=parallel.axis_name, preset=preset
-        ),
-        donate_state=False,
-    )
+    eval_fn = steps.compile_eval_step(parallel, model=model, preset=preset)
     progress = ProgressBar(total_steps, enabled=is_main and config.progress_bar)
     progress.message(
         f"{config.model.name} ({num_params:,} params, {config.dtype}) on {config.data.dataset} "

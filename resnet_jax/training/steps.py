@@ -8,7 +8,9 @@ the host divides by the true example count.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import functools
+from collections.abc import Callable, Hashable, Sequence
+from typing import TYPE_CHECKING
 
 import flax.linen as nn
 import jax
@@ -19,6 +21,9 @@ from jax import lax
 from resnet_jax.data import presets
 from resnet_jax.training.optim import cross_entropy
 from resnet_jax.training.state import TrainState
+
+if TYPE_CHECKING:
+    from resnet_jax.parallel import DataParallel
 
 Metrics = dict[str, jax.Array]
 AxisNames = Hashable | Sequence[Hashable]
@@ -124,6 +129,40 @@ def eval_step(
         "count": jnp.sum(mask),
     }
     return lax.psum(sums, axis_name)
+
+
+def compile_train_step(
+    parallel: DataParallel,
+    *,
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    label_smoothing: float = 0.0,
+    skip_nonfinite: bool = False,
+    preset: presets.Preset | None = None,
+    donate_state: bool = True,
+    xla_defaults: bool = False,
+) -> Callable:
+    """``train_step`` compiled by ``parallel``, reducing over its axes and syncing the BN
+    statistics when its BN groups are smaller than the data axes."""
+    step = functools.partial(
+        train_step,
+        model=model,
+        tx=tx,
+        label_smoothing=label_smoothing,
+        axis_name=parallel.axis_name,
+        sync_batch_stats=parallel.has_bn_groups,
+        skip_nonfinite=skip_nonfinite,
+        preset=preset,
+    )
+    return parallel.compile(step, donate_state=donate_state, xla_defaults=xla_defaults)
+
+
+def compile_eval_step(
+    parallel: DataParallel, *, model: nn.Module, preset: presets.Preset | None = None
+) -> Callable:
+    """``eval_step`` compiled by ``parallel`` (the state is not donated)."""
+    step = functools.partial(eval_step, model=model, axis_name=parallel.axis_name, preset=preset)
+    return parallel.compile(step, donate_state=False)
 
 
 def summarize(sums: dict[str, float]) -> dict[str, float]:
