@@ -60,8 +60,8 @@ compile_step = parallel.DataParallel.compile
 create_iterator = pipeline.create_train_iterator
 
 
-def reporting_compile(self, fn, *, donate_state):
-    compiled = compile_step(self, fn, donate_state=donate_state)
+def reporting_compile(self, fn, *, donate_state, **kwargs):
+    compiled = compile_step(self, fn, donate_state=donate_state, **kwargs)
     if not donate_state:
         return compiled
 
