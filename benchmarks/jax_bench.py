@@ -9,6 +9,7 @@ memory analyses of the compiled executable (per device).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -25,7 +26,7 @@ from benchmarks.common import peak_flops
 from resnet_jax import parallel as par
 from resnet_jax import platform
 from resnet_jax.data.presets import get_preset
-from resnet_jax.models import create_model
+from resnet_jax.models import create_model, layers
 from resnet_jax.training import steps
 from resnet_jax.training.state import TrainState, create_train_state
 
@@ -48,6 +49,7 @@ class JaxConfig:
     num_devices: int = 1
     xla_defaults: bool = False  # no resnet_jax.platform compiler options
     image_dtype: str = "float32"  # 'uint8': pixels shipped, normalised in the step
+    plain_convs: bool = False  # 1x1 convolutions as XLA convolutions on CPU too
     model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def build_model(self, **overrides: Any):
@@ -61,6 +63,21 @@ class JaxConfig:
             **dict(self.model_kwargs),
             **overrides,
         )
+
+
+@contextlib.contextmanager
+def _tracing(cfg: JaxConfig):
+    """While the step is traced: ``plain_convs`` swaps the model's convolution function
+    (1x1 convolutions as matrix products on CPU) for ``lax.conv_general_dilated``."""
+    if not cfg.plain_convs:
+        yield
+        return
+    saved = layers.conv_general_dilated
+    layers.conv_general_dilated = jax.lax.conv_general_dilated
+    try:
+        yield
+    finally:
+        layers.conv_general_dilated = saved
 
 
 def compiled_flops(compiled: Any) -> float | None:
@@ -100,6 +117,11 @@ def device_peak_bytes(device: Any) -> int | None:
     """The runtime allocator's peak bytes in use (GPU/TPU); None where not reported (CPU)."""
     stats = device.memory_stats()
     return int(stats["peak_bytes_in_use"]) if stats and "peak_bytes_in_use" in stats else None
+
+
+def count_convolutions(hlo_text: str) -> int:
+    """Convolution instructions in compiled HLO text (1x1 ones are matrix products on CPU)."""
+    return len(re.findall(r"\bconvolution\(", hlo_text))
 
 
 def count_all_reduces(hlo_text: str) -> int:
@@ -167,7 +189,8 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         _host_batch(global_batch, cfg.image_size, cfg.num_classes, cfg.image_dtype)
     )
     start = time.perf_counter()
-    lowered = fn.lower(state, batch)
+    with _tracing(cfg):
+        lowered = fn.lower(state, batch)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
@@ -180,11 +203,13 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         "peak_flops": peak_flops(devices[0].device_kind, cfg.precision),
         "compiled_memory": compiled_memory(compiled),
         "all_reduce_ops": count_all_reduces(compiled.as_text()),
+        "convolution_ops": count_convolutions(compiled.as_text()),
         "num_devices": cfg.num_devices,
         "per_device_batch": cfg.batch_size,
         "donate": cfg.donate,
         "remat": cfg.remat,
         "space_to_depth": cfg.space_to_depth,
+        "plain_convs": cfg.plain_convs,
     }
     _COMPILED[cfg] = _Compiled(parallel, compiled, info)
     return _COMPILED[cfg]
@@ -282,7 +307,8 @@ class JaxInferRunner:
             xla_defaults=cfg.xla_defaults,
         )
         start = time.perf_counter()
-        lowered = fn.lower(self._variables, self._images)
+        with _tracing(cfg):
+            lowered = fn.lower(self._variables, self._images)
         lowered_at = time.perf_counter()
         self._fn = lowered.compile()
         done = time.perf_counter()
@@ -297,6 +323,8 @@ class JaxInferRunner:
             "compiled_memory": compiled_memory(self._fn),
             "device_peak_bytes": device_peak_bytes(device),
             "precision": cfg.precision,
+            "plain_convs": cfg.plain_convs,
+            "convolution_ops": count_convolutions(self._fn.as_text()),
         }
 
     def run(self, steps: int) -> None:

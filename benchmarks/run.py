@@ -44,6 +44,7 @@ FRAMEWORKS = (
     "jax",
     "jax_xla_defaults",
     "jax_space_to_depth",
+    "jax_plain_convs",
     "jax_v1",
     "torch",
     "torch_compile",
@@ -55,6 +56,7 @@ JAX_VARIANTS: dict[str, dict[str, Any]] = {
     "jax_v1": {"model": "resnet50_v1"},  # Keras's architecture
     "jax_xla_defaults": {"xla_defaults": True},  # no resnet_jax.platform compiler options
     "jax_space_to_depth": {"space_to_depth": True},  # the MLPerf TPU stem
+    "jax_plain_convs": {"plain_convs": True},  # no CPU formulation of 1x1 convolutions
 }
 SUITES: dict[str, dict[str, Any]] = {
     "cpu": dict(
@@ -62,7 +64,7 @@ SUITES: dict[str, dict[str, Any]] = {
         steps=1,
         windows=3,
         warmup=1,
-        frameworks="jax,jax_xla_defaults,torch,torch_compile,keras",
+        frameworks="jax,jax_xla_defaults,jax_plain_convs,torch,torch_compile,keras",
         fast_batch_size=8,
         scaling_devices="1,2,4,8",
         scaling_batch_size=2,
@@ -103,7 +105,8 @@ FAST_VARIANTS = {
     "prefetch_uint8": "uint8 pixels through prefetch_to_devices, normalised in the step",
     "space_to_depth": "space-to-depth stem (4x4 conv on 2x2 blocks)",
     "remat": "nn.remat on every block",
-    "xla_defaults": "XLA's default compiler options (no YNNPACK dot fusions on CPU)",
+    "xla_defaults": "XLA's default compiler options (YNNPACK convolutions on CPU)",
+    "plain_convs": "1x1 convolutions as XLA convolutions (no matrix products on CPU)",
 }
 
 
@@ -262,7 +265,8 @@ def _add_derived(rows: dict[str, dict[str, Any]], precision: str) -> None:
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     jax_ips = rows.get("jax", {}).get("images_per_sec")
-    for other in ("jax_xla_defaults", "jax_space_to_depth", "torch", "torch_compile", "keras"):
+    others = ("jax_xla_defaults", "jax_space_to_depth", "jax_plain_convs")
+    for other in (*others, "torch", "torch_compile", "keras"):
         if jax_ips and other in rows:
             out[f"jax/{other}"] = jax_ips / rows[other]["images_per_sec"]
     if "jax_v1" in rows and "keras" in rows:
@@ -292,6 +296,7 @@ def run_fast(args: argparse.Namespace, results: dict[str, Any]) -> None:
         "space_to_depth": (_jax_config(args, base, bs, space_to_depth=True), {}),
         "remat": (_jax_config(args, base, bs, remat=True), {}),
         "xla_defaults": (_jax_config(args, base, bs, xla_defaults=True), {}),
+        "plain_convs": (_jax_config(args, base, bs, plain_convs=True), {}),
     }
     runners = [
         JaxTrainRunner(configs[v][0], label=v, warmup=args.warmup, **configs[v][1])

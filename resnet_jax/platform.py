@@ -1,12 +1,16 @@
 """XLA compiler options chosen per backend, and ``jit`` with them.
 
 On CPU, XLA by default hands every convolution to YNNPACK on its own, which is slow for
-ResNet's shapes. With ``xla_cpu_experimental_ynn_fusion_type=dot`` XLA keeps the convolutions
-(most 1x1 ones become matrix products) and gives YNNPACK fused dot subgraphs instead; on the
-2-core AVX-512 machine of BENCHMARKS.md that makes ResNet-50 inference 1.6-1.7x faster in
-float32 and bfloat16 and the bf16 train step 1.3x, at the same numerics (float32 logits
-within 2e-6 of their largest value). Every jit in the package that runs the model goes
-through ``jit`` below, so training, evaluation, prediction and the converters get it.
+ResNet's shapes. With ``xla_cpu_experimental_ynn_fusion_type=individual_dot`` XLA keeps the
+convolutions and gives YNNPACK the matrix products only, among them the 1x1 convolutions,
+which the model writes as matrix products on CPU (``models.layers.conv_general_dilated``);
+bfloat16 products with float32 accumulation then run on the CPU's bfloat16 dot instructions.
+On the 2-core AVX-512 machine of BENCHMARKS.md the option makes ResNet-50 inference about
+1.6x faster than XLA's defaults, at the same numerics (float32 logits within 2e-6 of their
+largest value). YNNPACK's fused dot subgraphs (``..._DOT``) were the choice before; they run
+bfloat16 products with float32 accumulation 4x slower than the individual calls here. Every
+jit in the package that runs the model goes through ``jit`` below, so training, evaluation,
+prediction and the converters get it.
 
 The option is experimental in XLA: it is tried once per process on a tiny program and
 dropped, with a warning, if this jaxlib does not take it. ``RESNET_JAX_XLA_DEFAULTS=1``
@@ -27,7 +31,7 @@ import jax.numpy as jnp
 
 DEFAULTS_ENV = "RESNET_JAX_XLA_DEFAULTS"
 CPU_OPTIONS: dict[str, str] = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
 }
 
 _log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ SMOKE_ARGS = [
     "--warmup",
     "1",
     "--frameworks",
-    "jax,jax_xla_defaults,torch",
+    "jax,jax_xla_defaults,jax_plain_convs,torch",
     "--precisions",
     "bf16",
     "--fast-batch-size",
@@ -70,7 +70,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
 
     for task in ("train", "inference"):
         rows = results["compare"][task]["bf16"]
-        assert set(rows) == {"jax", "jax_xla_defaults", "torch"}
+        assert set(rows) == {"jax", "jax_xla_defaults", "jax_plain_convs", "torch"}
         assert all(
             r["images_per_sec"] > 0 and len(r["window_images_per_sec"]) == 2 for r in rows.values()
         )
@@ -78,6 +78,14 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
         assert rows["jax"]["mfu"] is None  # CPU: no peak FLOP/s known.
         assert results["ratios"][task]["bf16"]["jax/torch"] > 0
         assert results["ratios"][task]["bf16"]["jax/jax_xla_defaults"] > 0
+        assert results["ratios"][task]["bf16"]["jax/jax_plain_convs"] > 0
+        # resnet18's three 1x1 projections are matrix products on CPU, unless plain_convs.
+        plain = rows["jax_plain_convs"]
+        assert plain["plain_convs"] is True and rows["jax"]["plain_convs"] is False
+        if task == "inference":
+            assert (rows["jax"]["convolution_ops"], plain["convolution_ops"]) == (17, 20)
+        else:
+            assert rows["jax"]["convolution_ops"] < plain["convolution_ops"]
     assert results["settings"]["xla_compiler_options"] == platform.CPU_OPTIONS
     train = results["compare"]["train"]["bf16"]["jax"]
     assert train["compile_seconds"] > 0 and train["compiled_memory"]["total_bytes"] > 0
