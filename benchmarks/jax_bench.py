@@ -47,7 +47,9 @@ class JaxConfig:
     remat: bool = False
     space_to_depth: bool = False
     num_devices: int = 1
-    xla_defaults: bool = False  # no resnet_jax.platform compiler options
+    # 'auto': resnet_jax.platform's options for the program (train or forward); 'defaults':
+    # XLA's; 'forward': the forward programs' options, for the train step too.
+    xla_options: str = "auto"
     image_dtype: str = "float32"  # 'uint8': pixels shipped, normalised in the step
     plain_convs: bool = False  # 1x1 convolutions as XLA convolutions on CPU too
     model_kwargs: tuple[tuple[str, Any], ...] = ()
@@ -78,6 +80,14 @@ def _tracing(cfg: JaxConfig):
         yield
     finally:
         layers.conv_general_dilated = saved
+
+
+def _options(cfg: JaxConfig, program: str, on: str) -> dict[str, str] | None:
+    """The XLA compiler options the ``program`` of ``cfg`` compiles with on platform ``on``."""
+    if cfg.xla_options == "forward":
+        program = "forward"
+    defaults = cfg.xla_options == "defaults"
+    return platform.compiler_options(on, program=program, xla_defaults=defaults)
 
 
 def compiled_flops(compiled: Any) -> float | None:
@@ -179,7 +189,8 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         tx=tx,
         preset=get_preset("torchvision_v1"),  # normalises uint8 batches
         donate_state=cfg.donate,
-        xla_defaults=cfg.xla_defaults,
+        xla_defaults=cfg.xla_options == "defaults",
+        xla_program="forward" if cfg.xla_options == "forward" else "train",
     )
     state = parallel.replicate(
         _host_state(cfg.model, cfg.num_classes, cfg.image_size, cfg.model_kwargs)
@@ -210,6 +221,7 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         "remat": cfg.remat,
         "space_to_depth": cfg.space_to_depth,
         "plain_convs": cfg.plain_convs,
+        "xla_compiler_options": _options(cfg, "train", devices[0].platform),
     }
     _COMPILED[cfg] = _Compiled(parallel, compiled, info)
     return _COMPILED[cfg]
@@ -304,7 +316,7 @@ class JaxInferRunner:
         fn = platform.jit(
             lambda variables, x: model.apply(variables, x, train=False),
             platform=device.platform,
-            xla_defaults=cfg.xla_defaults,
+            xla_defaults=cfg.xla_options == "defaults",
         )
         start = time.perf_counter()
         with _tracing(cfg):
@@ -324,6 +336,7 @@ class JaxInferRunner:
             "device_peak_bytes": device_peak_bytes(device),
             "precision": cfg.precision,
             "plain_convs": cfg.plain_convs,
+            "xla_compiler_options": _options(cfg, "forward", device.platform),
             "convolution_ops": count_convolutions(self._fn.as_text()),
         }
 

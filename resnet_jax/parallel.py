@@ -117,12 +117,17 @@ class DataParallel:
         return {"bn_axis_name": PMAP_AXIS, "bn_axis_index_groups": groups}
 
     def compile(
-        self, per_device_fn: Callable, *, donate_state: bool, xla_defaults: bool = False
+        self,
+        per_device_fn: Callable,
+        *,
+        donate_state: bool,
+        program: str = "forward",
+        xla_defaults: bool = False,
     ) -> Callable:
         """Wraps ``fn(state, batch) -> outputs`` so state is replicated, batch sharded.
 
-        shard_map steps compile with ``platform.compiler_options`` (YNNPACK dots on CPU)
-        unless ``xla_defaults``; ``jax.pmap`` takes no compiler options.
+        shard_map steps compile with ``platform.compiler_options`` for ``program`` ('forward'
+        or 'train') unless ``xla_defaults``; ``jax.pmap`` takes no compiler options.
         """
         donate = (0,) if donate_state else ()
         if self.mode == "pmap":
@@ -141,6 +146,7 @@ class DataParallel:
         return platform.jit(
             mapped,
             platform=self.devices[0].platform,
+            program=program,
             xla_defaults=xla_defaults,
             donate_argnums=donate,
         )

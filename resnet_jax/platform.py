@@ -1,21 +1,24 @@
-"""XLA compiler options chosen per backend, and ``jit`` with them.
+"""XLA compiler options chosen per backend and per kind of program, and ``jit`` with them.
 
-On CPU, XLA by default hands every convolution to YNNPACK on its own, which is slow for
-ResNet's shapes. With ``xla_cpu_experimental_ynn_fusion_type=individual_dot`` XLA keeps the
-convolutions and gives YNNPACK the matrix products only, among them the 1x1 convolutions,
-which the model writes as matrix products on CPU (``models.layers.conv_general_dilated``);
-bfloat16 products with float32 accumulation then run on the CPU's bfloat16 dot instructions.
-On the 2-core AVX-512 machine of BENCHMARKS.md the option makes ResNet-50 inference about
-1.6x faster than XLA's defaults, at the same numerics (float32 logits within 2e-6 of their
-largest value). YNNPACK's fused dot subgraphs (``..._DOT``) were the choice before; they run
-bfloat16 products with float32 accumulation 4x slower than the individual calls here. Every
-jit in the package that runs the model goes through ``jit`` below, so training, evaluation,
-prediction and the converters get it.
+On CPU, XLA by default hands every convolution to YNNPACK on its own. For forward programs
+(inference, evaluation, the converters' checks) that is slow for ResNet's shapes: with
+``xla_cpu_experimental_ynn_fusion_type=individual_dot`` XLA keeps the convolutions and gives
+YNNPACK the matrix products only, among them the 1x1 convolutions, which the model writes as
+matrix products on CPU (``models.layers.conv_general_dilated``; bfloat16 products with float32
+accumulation run on the CPU's bfloat16 dot instructions). Training steps are the other way
+round: their gradient convolutions run faster in YNNPACK, so they keep XLA's defaults. On the
+2-core AVX-512 machine of BENCHMARKS.md, ResNet-50 inference with the option is 1.1-1.2x
+faster than with XLA's defaults, and a train step with XLA's defaults is 1.2-1.4x faster than
+with the option, at the same numerics (float32 logits within 2e-6 of their largest value).
+YNNPACK's fused dot subgraphs (``..._DOT``), the earlier choice, run bfloat16 products with
+float32 accumulation 4x slower than the individual calls. Every jit in the package that runs
+the model goes through ``jit`` below, so training, evaluation, prediction and the converters
+get their options.
 
-The option is experimental in XLA: it is tried once per process on a tiny program and
-dropped, with a warning, if this jaxlib does not take it. ``RESNET_JAX_XLA_DEFAULTS=1``
-compiles with XLA's defaults; a setting of the same option in ``XLA_FLAGS`` is left alone.
-GPU and TPU get no extra options.
+The options are experimental in XLA: each set is tried once per process on a tiny program
+and dropped, with a warning, if this jaxlib does not take it. ``RESNET_JAX_XLA_DEFAULTS=1``
+compiles everything with XLA's defaults; a setting of the same option in ``XLA_FLAGS`` is
+left alone. GPU and TPU get no extra options.
 """
 
 from __future__ import annotations
@@ -30,8 +33,11 @@ import jax
 import jax.numpy as jnp
 
 DEFAULTS_ENV = "RESNET_JAX_XLA_DEFAULTS"
-CPU_OPTIONS: dict[str, str] = {
-    "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
+# "forward": inference, evaluation, conversion checks; "train": steps with a backward pass.
+PROGRAMS = ("forward", "train")
+CPU_OPTIONS: dict[str, dict[str, str]] = {
+    "forward": {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "train": {},  # XLA's defaults
 }
 
 _log = logging.getLogger(__name__)
@@ -41,9 +47,9 @@ def _env_wants_defaults() -> bool:
     return os.environ.get(DEFAULTS_ENV, "").strip().lower() in ("1", "true", "yes")
 
 
-def _set_in_xla_flags(options: dict[str, str]) -> bool:
+def _set_in_xla_flags() -> bool:
     flags = os.environ.get("XLA_FLAGS", "")
-    return any(f"--{name}" in flags for name in options)
+    return any(f"--{name}" in flags for options in CPU_OPTIONS.values() for name in options)
 
 
 @functools.cache
@@ -64,25 +70,33 @@ def _accepted(items: tuple[tuple[str, str], ...]) -> bool:
 
 
 def compiler_options(
-    platform: str | None = None, *, xla_defaults: bool = False
+    platform: str | None = None, *, program: str = "forward", xla_defaults: bool = False
 ) -> dict[str, str] | None:
-    """The extra XLA options for ``platform`` (default: JAX's default backend), or None.
+    """The extra XLA options for a ``program`` ('forward' or 'train') on ``platform``
+    (default: JAX's default backend), or None for XLA's defaults.
 
     ``xla_defaults=True`` (or ``RESNET_JAX_XLA_DEFAULTS=1``) asks for none.
     """
+    if program not in PROGRAMS:
+        raise ValueError(f"Unknown program kind {program!r}; expected one of {PROGRAMS}.")
     platform = platform or jax.default_backend()
-    if xla_defaults or _env_wants_defaults() or _set_in_xla_flags(CPU_OPTIONS):
+    if xla_defaults or _env_wants_defaults() or _set_in_xla_flags():
         return None
-    if platform != "cpu":
+    options = CPU_OPTIONS[program] if platform == "cpu" else {}
+    if not options or not _accepted(tuple(sorted(options.items()))):
         return None
-    if not _accepted(tuple(sorted(CPU_OPTIONS.items()))):
-        return None
-    return dict(CPU_OPTIONS)
+    return dict(options)
 
 
 def jit(
-    fn: Callable, *, platform: str | None = None, xla_defaults: bool = False, **kwargs: Any
+    fn: Callable,
+    *,
+    platform: str | None = None,
+    program: str = "forward",
+    xla_defaults: bool = False,
+    **kwargs: Any,
 ) -> Callable:
-    """``jax.jit(fn, **kwargs)`` with ``compiler_options(platform, xla_defaults=...)``."""
-    options = compiler_options(platform, xla_defaults=xla_defaults)
+    """``jax.jit(fn, **kwargs)`` with ``compiler_options(platform, program=...,
+    xla_defaults=...)``."""
+    options = compiler_options(platform, program=program, xla_defaults=xla_defaults)
     return jax.jit(fn, compiler_options=options, **kwargs)

@@ -34,7 +34,7 @@ SMOKE_ARGS = [
     "--fast-batch-size",
     "2",
     "--fast-variants",
-    "baseline,host_sync,prefetch,prefetch_uint8,xla_defaults",
+    "baseline,host_sync,prefetch,prefetch_uint8,forward_options",
     "--scaling-devices",
     "2",
     "--scaling-batch-size",
@@ -86,13 +86,17 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
             assert (rows["jax"]["convolution_ops"], plain["convolution_ops"]) == (17, 20)
         else:
             assert rows["jax"]["convolution_ops"] < plain["convolution_ops"]
-    assert results["settings"]["xla_compiler_options"] == platform.CPU_OPTIONS
+    forward = platform.CPU_OPTIONS["forward"]
+    assert results["settings"]["xla_compiler_options"] == {"forward": forward, "train": None}
+    assert results["compare"]["inference"]["bf16"]["jax"]["xla_compiler_options"] == forward
+    assert results["compare"]["train"]["bf16"]["jax"]["xla_compiler_options"] is None
     train = results["compare"]["train"]["bf16"]["jax"]
     assert train["compile_seconds"] > 0 and train["compiled_memory"]["total_bytes"] > 0
     assert train["donate"] is True and train["all_reduce_ops"] >= 1
 
     fast = results["fast"]["variants"]
-    assert list(fast) == ["baseline", "host_sync", "prefetch", "prefetch_uint8", "xla_defaults"]
+    assert list(fast) == ["baseline", "host_sync", "prefetch", "prefetch_uint8", "forward_options"]
+    assert fast["forward_options"]["xla_compiler_options"] == forward
     assert fast["prefetch"]["feed"] == "prefetch" and fast["host_sync"]["host_sync"] is True
     assert fast["prefetch_uint8"]["feed"] == "prefetch"
 

@@ -141,9 +141,14 @@ def compile_train_step(
     preset: presets.Preset | None = None,
     donate_state: bool = True,
     xla_defaults: bool = False,
+    xla_program: str = "train",
 ) -> Callable:
     """``train_step`` compiled by ``parallel``, reducing over its axes and syncing the BN
-    statistics when its BN groups are smaller than the data axes."""
+    statistics when its BN groups are smaller than the data axes.
+
+    It compiles with the training programs' XLA options (``platform.compiler_options``);
+    ``xla_program='forward'`` takes the forward programs' instead, to compare them.
+    """
     step = functools.partial(
         train_step,
         model=model,
@@ -154,7 +159,9 @@ def compile_train_step(
         skip_nonfinite=skip_nonfinite,
         preset=preset,
     )
-    return parallel.compile(step, donate_state=donate_state, xla_defaults=xla_defaults)
+    return parallel.compile(
+        step, donate_state=donate_state, program=xla_program, xla_defaults=xla_defaults
+    )
 
 
 def compile_eval_step(
