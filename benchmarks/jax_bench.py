@@ -66,6 +66,14 @@ class JaxConfig:
             **overrides,
         )
 
+    @property
+    def xla_defaults(self) -> bool:
+        return self.xla_options == "defaults"
+
+    def xla_program(self, program: str) -> str:
+        """The kind of program whose XLA options ``program`` ('train' or 'forward') takes."""
+        return "forward" if self.xla_options == "forward" else program
+
 
 @contextlib.contextmanager
 def _tracing(cfg: JaxConfig):
@@ -84,10 +92,9 @@ def _tracing(cfg: JaxConfig):
 
 def _options(cfg: JaxConfig, program: str, on: str) -> dict[str, str] | None:
     """The XLA compiler options the ``program`` of ``cfg`` compiles with on platform ``on``."""
-    if cfg.xla_options == "forward":
-        program = "forward"
-    defaults = cfg.xla_options == "defaults"
-    return platform.compiler_options(on, program=program, xla_defaults=defaults)
+    return platform.compiler_options(
+        on, program=cfg.xla_program(program), xla_defaults=cfg.xla_defaults
+    )
 
 
 def compiled_flops(compiled: Any) -> float | None:
@@ -189,8 +196,8 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         tx=tx,
         preset=get_preset("torchvision_v1"),  # normalises uint8 batches
         donate_state=cfg.donate,
-        xla_defaults=cfg.xla_options == "defaults",
-        xla_program="forward" if cfg.xla_options == "forward" else "train",
+        xla_defaults=cfg.xla_defaults,
+        xla_program=cfg.xla_program("train"),
     )
     state = parallel.replicate(
         _host_state(cfg.model, cfg.num_classes, cfg.image_size, cfg.model_kwargs)
@@ -316,7 +323,8 @@ class JaxInferRunner:
         fn = platform.jit(
             lambda variables, x: model.apply(variables, x, train=False),
             platform=device.platform,
-            xla_defaults=cfg.xla_options == "defaults",
+            program=cfg.xla_program("forward"),
+            xla_defaults=cfg.xla_defaults,
         )
         start = time.perf_counter()
         with _tracing(cfg):
