@@ -35,7 +35,13 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
                 peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
                 img = Image.fromarray(np.round(arr * 255.0 / peak).astype(np.uint8), "L")
             return img.convert("RGB")
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except (
+        UnidentifiedImageError,
+        OSError,
+        SyntaxError,
+        ValueError,
+        Image.DecompressionBombError,
+    ) as e:
         raise BadImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
@@ -65,17 +71,21 @@ def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
     paths: list[Path] = []
     for item in map(Path, inputs):
         if item.is_dir():
-            paths.extend(sorted(p for p in item.rglob("*")
-                                if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES))
+            paths.extend(
+                sorted(
+                    p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                )
+            )
         elif item.exists():
             paths.append(item)
         else:
-            raise FileNotFoundError(f"{item}: no such file or folder.")
+            raise FileNotFoundError(f"{item}: no such file or folder; give image files or folders.")
     return paths
 
 
-def batches(paths: list[Path], preset: Preset, batch_size: int,
-            skipped: list[tuple[str, str]]) -> Iterator[tuple[list[Path], np.ndarray]]:
+def batches(
+    paths: list[Path], preset: Preset, batch_size: int, skipped: list[tuple[str, str]]
+) -> Iterator[tuple[list[Path], np.ndarray]]:
     """Yields (paths, images) batches; unreadable files are appended to ``skipped`` with why."""
     names: list[Path] = []
     images: list[np.ndarray] = []

@@ -6,6 +6,8 @@
 
 Preprocessing follows the preset stored with the checkpoint, so converted weights predict
 as they did in their own framework. Files that are not images are reported and skipped.
+Options, output paths and inputs are checked before the model loads; outputs are written to
+a temporary name and moved into place, so a failed run leaves no half-written file.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import io
 import json
+import os
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -22,10 +26,14 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from etils import epath
 
 from resnet_jax import platform
 from resnet_jax.data.presets import Preset, get_preset
-from resnet_jax.images import batches, list_images
+from resnet_jax.images import IMAGE_SUFFIXES, batches, list_images
+
+OUTPUT_SUFFIXES = (".json", ".csv")
+FEATURES_SUFFIX = ".npz"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,56 +70,122 @@ class Predictor:
             padded = np.zeros((self.batch_size, *images.shape[1:]), np.float32)
             padded[:n] = images  # one compiled shape for every batch
             probs, pooled = self._forward(self.variables, jnp.asarray(padded))
-            outputs.append((names, None if probs is None else np.asarray(probs)[:n],
-                            None if pooled is None else np.asarray(pooled)[:n]))
+            outputs.append(
+                (
+                    names,
+                    None if probs is None else np.asarray(probs)[:n],
+                    None if pooled is None else np.asarray(pooled)[:n],
+                )
+            )
         for path, why in skipped:
             print(f"skipped {path}: {why}", file=sys.stderr)
         return outputs, skipped
 
-    def predict(self, inputs: Iterable[str | Path], top_k: int = 5
-                ) -> tuple[list[Prediction], list[tuple[str, str]]]:
-        """Top-k classes of every image under ``inputs`` (files or folders)."""
+    def check_can_predict(self, top_k: int) -> None:
+        """Raises ValueError, before any image is read, if top-k labels cannot be given."""
         if not self.model.include_top:
-            raise ValueError("This model has no classifier head (include_top=False); "
-                             "use features() instead.")
+            raise ValueError(
+                "This model has no classifier head (include_top=False); use features() instead."
+            )
+        if top_k < 1:
+            raise ValueError(f"top_k must be at least 1, got {top_k}.")
+
+    def check_can_embed(self) -> None:
+        """Raises ValueError, before any image is read, if the model gives no embeddings."""
+        if self.model.pooling is None:
+            raise ValueError("This model has no global pooling (pooling=None); no embeddings.")
+
+    def _labels(self, outputs, top_k: int) -> list[Prediction]:
         results = []
-        outputs, skipped = self._run(inputs)
         for names, probs, _ in outputs:
-            order = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]
+            order = np.argsort(-probs, axis=-1, kind="stable")[:, :top_k]  # k > classes: all
             for name, p, idx in zip(names, probs, order, strict=True):
                 labels = tuple(self.class_names[i] if self.class_names else str(i) for i in idx)
-                results.append(Prediction(str(name), tuple(int(i) for i in idx), labels,
-                                          tuple(float(p[i]) for i in idx)))
-        return results, skipped
+                results.append(
+                    Prediction(
+                        str(name),
+                        tuple(int(i) for i in idx),
+                        labels,
+                        tuple(float(p[i]) for i in idx),
+                    )
+                )
+        return results
 
-    def features(self, inputs: Iterable[str | Path]
-                 ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
-        """Pooled embeddings (2048-d for ResNet-50) of every image, with their file names."""
-        outputs, skipped = self._run(inputs)
-        if any(pooled is None for _, _, pooled in outputs):
-            raise ValueError("This model has no global pooling (pooling=None); no embeddings.")
+    def _embeddings(self, outputs) -> tuple[list[str], np.ndarray]:
         names = [str(n) for names, _, _ in outputs for n in names]
         width = self.model.stage_widths[-1] * (4 if self.model.block == "bottleneck" else 1)
-        feats = (np.concatenate([f for _, _, f in outputs]) if outputs
-                 else np.zeros((0, width), np.float32))
-        return names, feats, skipped
+        feats = (
+            np.concatenate([f for _, _, f in outputs])
+            if outputs
+            else np.zeros((0, width), np.float32)
+        )
+        return names, feats
+
+    def predict(
+        self, inputs: Iterable[str | Path], top_k: int = 5
+    ) -> tuple[list[Prediction], list[tuple[str, str]]]:
+        """Top-k classes (all of them when k exceeds their number) of every image under
+        ``inputs`` (files or folders)."""
+        self.check_can_predict(top_k)
+        outputs, skipped = self._run(inputs)
+        return self._labels(outputs, top_k), skipped
+
+    def features(
+        self, inputs: Iterable[str | Path]
+    ) -> tuple[list[str], np.ndarray, list[tuple[str, str]]]:
+        """Pooled embeddings (2048-d for ResNet-50) of every image, with their file names."""
+        self.check_can_embed()
+        outputs, skipped = self._run(inputs)
+        return *self._embeddings(outputs), skipped
+
+    def predict_and_features(
+        self, inputs: Iterable[str | Path], top_k: int = 5
+    ) -> tuple[list[Prediction], list[str], np.ndarray, list[tuple[str, str]]]:
+        """Both of the above from one pass over the images."""
+        self.check_can_predict(top_k)
+        self.check_can_embed()
+        outputs, skipped = self._run(inputs)
+        return self._labels(outputs, top_k), *self._embeddings(outputs), skipped
 
 
-def write_predictions(predictions: list[Prediction], path: str | Path) -> None:
+def _write_atomically(path: str | os.PathLike, data: bytes) -> None:
+    """Writes ``data`` to a temporary file beside ``path``, then moves it into place."""
+    path = epath.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_predictions(predictions: list[Prediction], path: str | os.PathLike) -> None:
     """Writes predictions as JSON (a list of objects) or CSV (one row per image and rank)."""
-    path = Path(path)
-    if path.suffix == ".json":
-        path.write_text(json.dumps([dataclasses.asdict(p) for p in predictions], indent=1))
-    elif path.suffix == ".csv":
-        with path.open("w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(["path", "rank", "index", "label", "probability"])
-            for p in predictions:
-                for rank, (i, label, prob) in enumerate(
-                        zip(p.indices, p.labels, p.probabilities, strict=True), 1):
-                    w.writerow([p.path, rank, i, label, f"{prob:.6f}"])
+    suffix = epath.Path(path).suffix
+    if suffix == ".json":
+        text = json.dumps([dataclasses.asdict(p) for p in predictions], indent=1)
+    elif suffix == ".csv":
+        buffer = io.StringIO(newline="")
+        w = csv.writer(buffer)
+        w.writerow(["path", "rank", "index", "label", "probability"])
+        for p in predictions:
+            for rank, (i, label, prob) in enumerate(
+                zip(p.indices, p.labels, p.probabilities, strict=True), 1
+            ):
+                w.writerow([p.path, rank, i, label, f"{prob:.6f}"])
+        text = buffer.getvalue()
     else:
         raise ValueError(f"Unsupported output {path}: use a .json or .csv file name.")
+    _write_atomically(path, text.encode())
+
+
+def write_features(names: list[str], feats: np.ndarray, path: str | os.PathLike) -> None:
+    """Writes embeddings and their file names as an .npz (arrays 'features' and 'paths')."""
+    buffer = io.BytesIO()
+    np.savez(buffer, features=feats, paths=np.asarray(names))
+    _write_atomically(path, buffer.getvalue())
 
 
 def format_table(predictions: list[Prediction]) -> str:
@@ -123,51 +197,147 @@ def format_table(predictions: list[Prediction]) -> str:
     return "\n".join(lines)
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files or folders")
     parser.add_argument("--checkpoint", help="a converted checkpoint or a training workdir")
     parser.add_argument("--model", help="with --random-init: a model name (smoke tests)")
-    parser.add_argument("--random-init", action="store_true",
-                        help="use seeded random weights instead of a checkpoint")
+    parser.add_argument(
+        "--random-init",
+        action="store_true",
+        help="use seeded random weights instead of a checkpoint",
+    )
     parser.add_argument("--preset", help="override the checkpoint's preprocessing preset")
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        help="classes listed per image, at least 1 (default 5); a k above the number of "
+        "classes lists them all",
+    )
+    parser.add_argument("--batch-size", type=_positive_int, default=32)
     parser.add_argument("--output", help="write predictions to a .json or .csv file")
-    parser.add_argument("--features", help="write pooled embeddings to this .npz file")
+    parser.add_argument(
+        "--features",
+        help="write pooled embeddings to this .npz file (with --output, both are written)",
+    )
     return parser
 
 
+def _check_writable(path: str, flag: str) -> None:
+    """Raises ValueError unless ``path`` can be written as a file (its folder may be created)."""
+    target = epath.Path(path)
+    if target.is_dir():
+        raise ValueError(f"{flag} {path} is a folder; give a file name.")
+    folder = target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise ValueError(f"{flag} {path}: {folder} is a file, not a folder; give another path.")
+    if "://" not in str(folder) and not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write in {folder} (permission denied).")
+
+
+def check_options(args: argparse.Namespace) -> None:
+    """Raises ValueError naming the first option that cannot work, before any model or image
+    is read: the weights' source, the preset, and the output file names and folders."""
+    if args.random_init:
+        if not args.model:
+            raise ValueError("--random-init needs --model NAME (e.g. --model resnet50).")
+    elif not args.checkpoint:
+        raise ValueError(
+            "Give --checkpoint DIR (a converted checkpoint or a training workdir), "
+            "or --random-init --model NAME."
+        )
+    elif not epath.Path(args.checkpoint).exists():
+        raise ValueError(
+            f"--checkpoint {args.checkpoint}: no such directory; give a converted checkpoint "
+            "or a training workdir (the --workdir of train.py)."
+        )
+    if args.preset:
+        get_preset(args.preset)
+    if args.output and epath.Path(args.output).suffix not in OUTPUT_SUFFIXES:
+        raise ValueError(f"--output {args.output}: use a .json or .csv file name.")
+    if args.features and epath.Path(args.features).suffix != FEATURES_SUFFIX:
+        raise ValueError(f"--features {args.features}: use a {FEATURES_SUFFIX} file name.")
+    if args.output:
+        _check_writable(args.output, "--output")
+    if args.features:
+        _check_writable(args.features, "--features")
+
+
+def find_images(inputs: Sequence[str]) -> list[Path]:
+    """The image files under ``inputs``; FileNotFoundError or ValueError when a path is
+    missing or they hold none."""
+    paths = list_images(inputs)
+    if not paths:
+        raise ValueError(
+            f"No images found under {', '.join(inputs)} (recognised extensions: "
+            f"{' '.join(sorted(IMAGE_SUFFIXES))})."
+        )
+    return paths
+
+
 def predictor_from_args(args: argparse.Namespace) -> Predictor:
+    """The Predictor the options ask for (``check_options`` has accepted them)."""
     from resnet_jax.inference import load_predictor, random_predictor
 
     if args.random_init:
-        if not args.model:
-            raise SystemExit("--random-init needs --model NAME.")
-        return random_predictor(args.model, get_preset(args.preset or "torchvision_v1"),
-                                batch_size=args.batch_size)
-    if not args.checkpoint:
-        raise SystemExit("Give --checkpoint DIR (a converted checkpoint or a training workdir), "
-                         "or --random-init --model NAME.")
+        return random_predictor(
+            args.model, get_preset(args.preset or "torchvision_v1"), batch_size=args.batch_size
+        )
     return load_predictor(args.checkpoint, preset=args.preset, batch_size=args.batch_size)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def _predict(args: argparse.Namespace) -> int:
+    check_options(args)
+    paths = find_images(args.inputs)
     predictor = predictor_from_args(args)
-    if args.features:
-        names, feats, skipped = predictor.features(args.inputs)
-        np.savez(args.features, features=feats, paths=np.asarray(names))
-        print(f"wrote {feats.shape[0]} embeddings of size {feats.shape[1]} to {args.features}")
+    if args.features and args.output:
+        predictions, names, feats, skipped = predictor.predict_and_features(paths, args.top_k)
+    elif args.features:
+        names, feats, skipped = predictor.features(paths)
+        predictions = None
     else:
-        predictions, skipped = predictor.predict(args.inputs, args.top_k)
+        predictions, skipped = predictor.predict(paths, args.top_k)
+    if len(skipped) == len(paths):
+        raise ValueError(
+            f"None of the {len(paths)} image file(s) could be read (reasons above); "
+            "nothing was written."
+        )
+    if predictions is not None:
         print(format_table(predictions))
-        if args.output:
-            write_predictions(predictions, args.output)
-            print(f"wrote {len(predictions)} predictions to {args.output}")
+    if args.output:
+        write_predictions(predictions, args.output)
+        print(f"wrote {len(predictions)} predictions to {args.output}")
+    if args.features:
+        write_features(names, feats, args.features)
+        print(f"wrote {feats.shape[0]} embeddings of size {feats.shape[1]} to {args.features}")
     if skipped:
         print(f"{len(skipped)} file(s) skipped (not readable images).", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; every error is one line on stderr and exit status 2."""
+    from resnet_jax.checkpoint import CheckpointError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return _predict(args)
+    except (ValueError, OSError, CheckpointError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
