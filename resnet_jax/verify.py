@@ -6,7 +6,9 @@
     python -m resnet_jax.verify --source keras --model resnet50_v1 --weights r50.weights.h5 \\
         --save checkpoints/resnet50_keras
 
-Without --weights the reference is a seeded random init with randomised BN statistics.
+Without --weights the reference is a seeded random init with randomised BN statistics. A
+published file passed by path (resnet50-11ad3fa6.pth, resnet50d.a1_in1k.safetensors) is
+recognised by its hash or name and keeps its preprocessing preset.
 Exit status: 0 within tolerance, 1 over it, 2 for errors (bad file, no network, ...).
 """
 
@@ -16,6 +18,7 @@ import argparse
 import sys
 
 from resnet_jax.convert.verify import SOURCES
+from resnet_jax.data.presets import PRESETS
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -40,7 +43,12 @@ def build_parser() -> argparse.ArgumentParser:
         "resnet50.a1_in1k), keras imagenet. Default: seeded random weights.",
     )
     parser.add_argument("--image-size", type=int, default=None, help="default: the preset's crop")
-    parser.add_argument("--tolerance", type=float, default=1e-4)
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=1e-4,
+        help="bound on every row's max|diff|/max|reference|, logits included (default 1e-4)",
+    )
     parser.add_argument("--random-inputs", type=int, default=2, help="random images (default 2)")
     parser.add_argument(
         "--image",
@@ -49,7 +57,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="photograph(s) to compare on (repeatable); default: scikit-learn's sample images",
     )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--preset", default=None, help="override the weights' preprocessing")
+    parser.add_argument(
+        "--preset",
+        default=None,
+        help="preprocessing preset, instead of the one recognised for the weights: "
+        + ", ".join(sorted(PRESETS)),
+    )
     parser.add_argument(
         "--save", default=None, help="write the converted weights here (orbax + metadata) on pass"
     )
@@ -59,11 +72,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from resnet_jax.convert.checkpoint import save_converted
+    from resnet_jax.convert.checkpoint import check_target, save_converted
     from resnet_jax.convert.verify import verify
     from resnet_jax.data.presets import get_preset
 
     try:
+        if args.save:  # before minutes of conversion and comparison, not after
+            check_target(args.save, args.overwrite, option="--overwrite")
         preset = get_preset(args.preset) if args.preset else None
         reference, comparison = verify(
             args.source,
@@ -79,6 +94,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, RuntimeError, ImportError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    for warning in reference.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(reference.preset_note)
     print(comparison.format())
     if not comparison.passed:
         return 1
@@ -92,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
                 weights=reference.weights,
                 preset=reference.preset,
                 overwrite=args.overwrite,
+                preset_origin=reference.preset_note,
                 verification=comparison.summary(),
             )
         except (OSError, ValueError) as e:

@@ -3,15 +3,18 @@ missing networks and bad files."""
 
 import os
 import pickle
+import re
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 pytest.importorskip("torch")
 
 import torch  # noqa: E402
 
+import resnet_jax.convert.verify as convert_verify  # noqa: E402
 from resnet_jax.convert import import_torchvision, load_converted  # noqa: E402
 from resnet_jax.verify import main  # noqa: E402
 
@@ -98,3 +101,101 @@ def test_module_runs_as_a_command():
     )
     assert "--source {keras,timm,torchvision}" in result.stdout
     assert "Exit status: 0 pass, 1 over tolerance, 2 error." in result.stdout
+
+
+def scaled_head(factor: float, wrong: bool = False):
+    """A build_reference that multiplies the fc layer by ``factor`` on both sides (logits grow,
+    the conversion stays exact); ``wrong`` swaps two input channels of one converted kernel."""
+    build = convert_verify.build_reference
+
+    def build_reference(*args, **kwargs):
+        reference = build(*args, **kwargs)
+        fc = reference.model.fc  # new tensors: the converted arrays share the old ones' memory
+        fc.weight, fc.bias = (torch.nn.Parameter(p.detach() * factor) for p in fc.parameters())
+        params = dict(reference.variables["params"])
+        params["fc"] = {k: v * factor for k, v in params["fc"].items()}
+        if wrong:
+            conv = dict(params["layer3_0"]["conv1"])
+            conv["kernel"] = np.asarray(conv["kernel"])[:, :, [1, 0, *range(2, 128)], :]
+            params["layer3_0"] = {**params["layer3_0"], "conv1": conv}
+        reference.variables = {**reference.variables, "params": params}
+        return reference
+
+    return build_reference
+
+
+def figures(out: str, line_start: str) -> list[float]:
+    line = next(x for x in out.splitlines() if x.startswith(line_start))
+    return [float(v) for v in re.findall(r"\d\.\d+e[+-]\d+", line)]
+
+
+def test_logits_in_the_hundreds_are_judged_relative_to_their_scale(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(convert_verify, "build_reference", scaled_head(560.0))
+    code = main(["--source", "torchvision", "--model", "resnet18", *SMALL, "--save",
+                 str(tmp_path / "ckpt")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and out.splitlines()[-2] == "PASS"
+    abs_diff, rel, scale = figures(out, "logits max|diff|: ")
+    assert 500 < scale < 1000  # float32 steps are 6e-5 here: absolute 1e-4 is a few roundings
+    assert abs_diff > 1e-4 and rel < 1e-5 and rel == pytest.approx(abs_diff / scale, rel=1e-3)
+    assert figures(out, "logits  ") == pytest.approx([abs_diff, scale, rel], rel=1e-3)
+    block_abs, block_rel = figures(out, "stem, blocks, pooled: largest max|diff| ")
+    assert 0 < block_abs < 1e-4 and 0 < block_rel < 1e-5
+    assert figures(out, "layer4      1")[2] <= block_rel  # every block row: abs, ref, rel
+    assert "tolerance: every row, logits included, max|diff|/max|ref| <= 1e-04" in out
+    summary = load_converted(tmp_path / "ckpt")[2]["verification"]
+    assert summary["passed"] and summary["logits_max_abs"] > 1e-4
+    assert summary["logits_rel"] < 1e-5 and summary["max_block_abs"] < 1e-4
+
+
+def test_a_wrong_conversion_with_large_logits_still_fails(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(convert_verify, "build_reference", scaled_head(560.0, wrong=True))
+    code = main(["--source", "torchvision", "--model", "resnet18", *SMALL, "--save",
+                 str(tmp_path / "ckpt")])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1
+    assert out.splitlines()[-1] == (
+        "FAIL: over tolerance: layer3_0, layer3_1, layer4_0, layer4_1, pooled, logits"
+    )
+    assert figures(out, "logits max|diff|: ")[1] > 1e-2
+    assert not (tmp_path / "ckpt").exists()
+
+
+def test_existing_save_directory_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    def no_work(*args, **kwargs):
+        raise AssertionError("verify ran although --save cannot be written")
+
+    monkeypatch.setattr(convert_verify, "verify", no_work)
+    (tmp_path / "mine.txt").write_text("keep me")
+    code = main(["--source", "torchvision", "--model", "resnet18", "--save", str(tmp_path)])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        f"error: {tmp_path} is not empty; choose a new directory or pass --overwrite.\n"
+    )
+    code = main(["--source", "torchvision", "--model", "resnet18", "--save", str(tmp_path),
+                 "--overwrite"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        f"error: {tmp_path} holds something other than a converted checkpoint; not replacing it.\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.txt"]
+    assert (tmp_path / "mine.txt").read_text() == "keep me"
+
+
+@pytest.mark.parametrize(
+    "source, model, missing",
+    [("torchvision", "resnet18", "torch"), ("timm", "resnet18d", "torch"),
+     ("keras", "resnet50_v1", "keras")],
+)  # fmt: skip
+def test_missing_framework_says_what_to_install(source, model, missing, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, missing, None)  # import fails as if not installed
+    code = main(["--source", source, "--model", model])
+    captured = capsys.readouterr()
+    assert code == 2 and captured.out == ""
+    assert captured.err == (
+        f"error: --source {source} needs {missing}, which is not installed; install the "
+        "reference frameworks with: pip install -e '.[reference]' (in the resnet-jax "
+        "checkout)\n"
+    )

@@ -62,6 +62,23 @@ def build_metadata(
     }
 
 
+def check_target(
+    directory: str | os.PathLike, overwrite: bool, option: str = "overwrite=True"
+) -> bool:
+    """Whether saving to ``directory`` replaces a converted checkpoint; raises when it may not
+    (not empty without ``overwrite``, which ``option`` names, or not a converted checkpoint)."""
+    directory = Path(directory)
+    if not (directory.exists() and any(directory.iterdir())):
+        return False
+    if not overwrite:
+        raise FileExistsError(f"{directory} is not empty; choose a new directory or pass {option}.")
+    if not is_converted(directory):
+        raise FileExistsError(
+            f"{directory} holds something other than a converted checkpoint; not replacing it."
+        )
+    return True
+
+
 def save_converted(
     directory: str | os.PathLike,
     variables: Variables,
@@ -77,15 +94,7 @@ def save_converted(
     """Writes ``{'params', 'batch_stats'}`` and metadata; extra keyword items (JSON values,
     e.g. a verification summary) are stored in the metadata too."""
     directory = Path(directory)
-    if directory.exists() and any(directory.iterdir()):
-        if not overwrite:
-            raise FileExistsError(
-                f"{directory} is not empty; choose a new directory or pass overwrite=True."
-            )
-        if not is_converted(directory):
-            raise FileExistsError(
-                f"{directory} holds something other than a converted checkpoint; not replacing it."
-            )
+    if check_target(directory, overwrite):
         shutil.rmtree(directory)
     metadata = build_metadata(architecture, source, weights, preset, overrides, **extra)
     variables = jax.tree.map(jnp.asarray, {k: variables[k] for k in ("params", "batch_stats")})

@@ -17,6 +17,7 @@ import numpy as np
 
 from resnet_jax.convert.keras import from_keras
 from resnet_jax.convert.keras_layout import keras_app_name
+from resnet_jax.convert.published import describe
 from resnet_jax.convert.reference import (
     RESIDUAL_BRANCH_SCALE,
     Activations,
@@ -178,4 +179,6 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     variables = from_keras(source, ours)  # checks every key before Keras loads by order
     if source is weights and weights is not None:
         model.load_weights(weights)
-    return Reference("keras", ours, label, preset, variables, keras_runner(model, app), model)
+    note = f"{describe(preset)}: the preprocessing of Keras Applications' {app}"
+    runner = keras_runner(model, app)
+    return Reference("keras", ours, label, preset, variables, runner, model, note)

@@ -28,6 +28,8 @@ class Reference:
     variables: Variables
     run: Callable[[np.ndarray], Activations]
     model: Any = None  # the framework's own model object
+    preset_note: str = ""  # how the preset was chosen, for the user
+    warnings: tuple[str, ...] = ()  # e.g. a file named like published weights, hash differing
 
 
 class WeightsDownloadError(RuntimeError):

@@ -15,6 +15,14 @@ from typing import Any
 import flax.linen as nn
 
 from resnet_jax.convert.common import Variables, convert, resolve_model
+from resnet_jax.convert.published import (
+    PublishedFile,
+    describe,
+    from_url,
+    known_note,
+    recognise,
+    unknown_note,
+)
 from resnet_jax.convert.reference import (
     Reference,
     WeightsDownloadError,
@@ -79,6 +87,23 @@ def published_name(name: str, weights: str) -> str:
     return full
 
 
+# Names a Hugging Face file goes by once saved as its tag says: resnet50d.a1_in1k.safetensors.
+TAG_SUFFIXES = (".safetensors", ".pth", ".bin")
+
+
+def published_files(name: str) -> list[PublishedFile]:
+    """timm's published files for ``name``: each tag's Hugging Face file saved under the tag's
+    name (timm records no hash for those) and the release file its cfg's URL names (hashed)."""
+    timm = import_timm()
+    files = []
+    for tag in timm.list_pretrained(f"{name}.*"):
+        files += [PublishedFile(tag + s, None, f"timm {tag}", tag) for s in TAG_SUFFIXES]
+        url = timm.models.get_pretrained_cfg(tag).url
+        if url:
+            files.append(from_url(url, f"timm {tag}", tag))
+    return files
+
+
 def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Reference:
     """timm's model from a file, a published tag (resnet50.a1_in1k) or a seeded random init
     with randomised BN statistics, and its conversion."""
@@ -87,14 +112,17 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     check_model_name(name)
     timm = import_timm()
     torch.manual_seed(seed)
-    if weights is None or os.path.exists(weights):
+    known, warnings = None, []
+    if weights is None:
         model = timm.create_model(name, pretrained=False)
-        if weights is None:
-            randomize_torch_batchnorm(model, seed, preset_for(model))
-            label, source = f"random (seed {seed})", model
-        else:
-            source = load_torch_file(weights)
-            label = str(weights)
+        randomize_torch_batchnorm(model, seed, preset_for(model))
+        label, source = f"random (seed {seed})", model
+    elif os.path.exists(weights):
+        source = load_torch_file(weights)
+        known, warnings = recognise(weights, published_files(name))
+        # A recognised file's tag brings its pretrained cfg, and so its preprocessing.
+        model = timm.create_model(known.key if known else name, pretrained=False)
+        label = f"{weights} = {known.key}" if known else str(weights)
     else:
         label = published_name(name, weights)
         try:
@@ -103,12 +131,29 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
             raise WeightsDownloadError(
                 f"timm weights {label}",
                 f"the Hugging Face Hub (timm/{label})",
-                f"--weights /path/to/{label}.safetensors (or .pth), e.g. the model.safetensors "
-                f"of https://huggingface.co/timm/{label}",
+                f"--weights /path/to/{label}.safetensors: the model.safetensors of "
+                f"https://huggingface.co/timm/{label} saved under that name, which tells its "
+                "preprocessing",
                 e,
             ) from e
         source = model
     variables = from_timm(source, name)  # checks every key before torch sees them
     if isinstance(source, dict):
         model.load_state_dict(source)
-    return Reference("timm", name, label, preset_for(model), variables, torch_runner(model), model)
+    preset = preset_for(model)
+    if known is not None:
+        note = known_note(weights, preset, known)
+    elif weights is not None and os.path.exists(weights):
+        tags = ", ".join(t.split(".", 1)[1] for t in timm.list_pretrained(f"{name}.*"))
+        why = (
+            f"timm {name}: {name}.TAG.safetensors (or .pth) with TAG one of {tags}, or a release "
+            f"file a tag's cfg names; this preset is that of timm's default {name} weights, "
+            f"{model.pretrained_cfg.get('tag')}"
+        )
+        note = unknown_note(weights, preset, why)
+    else:
+        tag = label if weights else f"{name}.{model.pretrained_cfg.get('tag')} (timm's default)"
+        note = f"{describe(preset)}: the preprocessing of timm {tag}"
+    return Reference(
+        "timm", name, label, preset, variables, torch_runner(model), model, note, tuple(warnings)
+    )

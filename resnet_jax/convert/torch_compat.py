@@ -38,7 +38,11 @@ def _ops_library_loads() -> bool:
 
     spec = importlib.util.find_spec("torchvision")
     if spec is None or spec.origin is None:
-        raise ImportError("torchvision is not installed: pip install 'resnet-jax[reference]'")
+        raise ModuleNotFoundError(
+            "torchvision is not installed: pip install -e '.[reference]' (in the resnet-jax "
+            "checkout)",
+            name="torchvision",
+        )
     for lib in sorted(Path(spec.origin).parent.glob("_C*")):
         if lib.suffix in (".so", ".pyd", ".dylib"):
             try:

@@ -17,6 +17,14 @@ import flax.linen as nn
 import numpy as np
 
 from resnet_jax.convert.common import Variables, convert, export, resolve_model
+from resnet_jax.convert.published import (
+    PublishedFile,
+    describe,
+    from_url,
+    known_note,
+    recognise,
+    unknown_note,
+)
 from resnet_jax.convert.reference import (
     Reference,
     WeightsDownloadError,
@@ -107,6 +115,12 @@ def published_weights(name: str, weights: str) -> Any:
     return enum[key]
 
 
+def published_files(name: str) -> list[PublishedFile]:
+    """The files of torchvision's published weights for ``name``, as its enum's URLs name them."""
+    enum = import_torchvision().models.get_model_weights(name)
+    return [from_url(entry.url, f"torchvision {entry}", entry) for entry in enum]
+
+
 def preset_for(weights: Any | None) -> Any:
     """The preprocessing that belongs to a torchvision weights enum entry (V1 when unknown)."""
     if weights is None:
@@ -131,13 +145,15 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     tv = import_torchvision()
     torch.manual_seed(seed)
     model = tv.models.get_model(name, weights=None)
-    enum_entry = None
+    enum_entry, known, warnings = None, None, []
     if weights is None:
         randomize_torch_batchnorm(model, seed, preset_for(None))
         label, source = f"random (seed {seed})", model
     elif os.path.exists(weights):
         source = load_torch_file(weights)
-        label = str(weights)
+        known, warnings = recognise(weights, published_files(name))
+        enum_entry = known.key if known else None
+        label = f"{weights} = {enum_entry}" if known else str(weights)
     else:
         enum_entry = published_weights(name, weights)
         try:
@@ -153,6 +169,17 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     variables = from_torchvision(source, name)  # checks every key before torch sees them
     if source is not model:
         model.load_state_dict(source)
+    preset = preset_for(enum_entry)
+    if known is not None:
+        note = known_note(weights, preset, known)
+    elif enum_entry is not None:
+        note = f"{describe(preset)}: the preprocessing of torchvision {enum_entry}"
+    elif weights is None:
+        note = f"{describe(preset)}: torchvision's IMAGENET1K_V1 preprocessing"
+    else:
+        files = ", ".join(f.file_name for f in published_files(name))
+        note = unknown_note(weights, preset, f"torchvision {name}: {files}")
     return Reference(
-        "torchvision", name, label, preset_for(enum_entry), variables, torch_runner(model), model
-    )
+        "torchvision", name, label, preset, variables, torch_runner(model), model,
+        note, tuple(warnings),
+    )  # fmt: skip

@@ -14,6 +14,7 @@ import numpy as np
 
 from resnet_jax.convert.compare import Comparison, compare, flax_activations
 from resnet_jax.convert.inputs import photo_inputs, random_inputs, sample_photographs
+from resnet_jax.convert.published import describe
 from resnet_jax.convert.reference import Reference
 from resnet_jax.data.presets import Preset
 from resnet_jax.models import create_model
@@ -23,6 +24,9 @@ SOURCES = {
     "timm": "resnet_jax.convert.timm",
     "keras": "resnet_jax.convert.keras_reference",
 }
+# The packages of the 'reference' extra (pyproject.toml) that building a reference imports.
+REFERENCE_PACKAGES = ("torch", "torchvision", "timm", "keras", "h5py", "safetensors")
+INSTALL_HINT = "pip install -e '.[reference]' (in the resnet-jax checkout)"
 
 
 def build_reference(
@@ -31,7 +35,16 @@ def build_reference(
     """The reference model of ``source`` ('torchvision', 'timm', 'keras') and its conversion."""
     if source not in SOURCES:
         raise ValueError(f"Unknown source {source!r}; expected one of {', '.join(SOURCES)}.")
-    return importlib.import_module(SOURCES[source]).build_reference(model, weights, seed)
+    try:
+        return importlib.import_module(SOURCES[source]).build_reference(model, weights, seed)
+    except ModuleNotFoundError as e:
+        if e.name not in REFERENCE_PACKAGES:
+            raise
+        raise ModuleNotFoundError(
+            f"--source {source} needs {e.name}, which is not installed; install the reference "
+            f"frameworks with: {INSTALL_HINT}",
+            name=e.name,
+        ) from e
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,7 +103,8 @@ def verify(
     """One verification run, end to end: reference, conversion, inputs, comparison."""
     reference = build_reference(source, model, weights, seed)
     if preset is not None:
-        reference = dataclasses.replace(reference, preset=preset)
+        note = f"{describe(preset)}, as chosen (instead of {reference.preset.name})"
+        reference = dataclasses.replace(reference, preset=preset, preset_note=note)
     size = image_size or reference.preset.crop
     inputs = make_inputs(reference.preset, size, n_random, images, seed)
     return reference, run_comparison(reference, inputs, tolerance)
