@@ -5,8 +5,10 @@ final config is saved in the workdir, and rerunning the same command resumes fro
 latest checkpoint there.
 
 Exit status: 0 when the run is complete; 75 (EX_TEMPFAIL) after a SIGTERM (preemption) once
-a checkpoint of the step it stopped at is saved: rerun the same command to resume; 1 for a
-config, checkpoint or non-finite-loss error (the message says which).
+a checkpoint of the step it stopped at is saved: rerun the same command to resume; 130 after
+Ctrl-C (SIGINT), likewise once that checkpoint is saved (a second Ctrl-C quits at once, saving
+nothing); 1 for a command-line, config, workdir, data, checkpoint or non-finite-loss error (the
+message says which).
 """
 
 from __future__ import annotations
@@ -30,6 +32,29 @@ _WORKDIR = flags.DEFINE_string(
     "Default: workdir/<recipe>.",
 )
 flags.mark_flags_as_required(["config"])
+RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
+
+
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, except that a missing config file or an override naming no field of
+    the config is one line (ml_collections raises these as tracebacks)."""
+    from resnet_jax.training import command_line
+
+    spec = command_line.config_argument(argv)
+    recipes = os.path.relpath(RECIPES) if os.getcwd() == os.path.dirname(RECIPES) else RECIPES
+    problem = spec is not None and command_line.config_file_problem(spec, recipes)
+    if problem:
+        sys.exit(f"train.py: {problem}")
+    try:
+        return app.parse_flags_with_usage(argv)
+    except (AttributeError, KeyError):  # How ml_collections says an override names no field.
+        if spec is None:
+            raise
+        config = command_line.load_config(spec)
+        problem = command_line.override_problem(config, command_line.override_paths(argv))
+        if problem is None:
+            raise
+        sys.exit(f"train.py: {problem}")
 
 
 def main(argv: list[str]) -> None:
@@ -44,17 +69,24 @@ def main(argv: list[str]) -> None:
 
     from resnet_jax.checkpoint import CheckpointError
     from resnet_jax.training import train_and_evaluate
-    from resnet_jax.training.faults import PREEMPTED_EXIT_CODE, NonFiniteError, Preempted
+    from resnet_jax.training.faults import INTERRUPTED_EXIT_CODE, NonFiniteError, Preempted
     from resnet_jax.training.validate import ConfigError
 
     try:
         train_and_evaluate(_CONFIG.value, workdir)
     except Preempted as e:
         print(f"train.py: {e}", file=sys.stderr)
-        sys.exit(PREEMPTED_EXIT_CODE)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        print(
+            "train.py: Interrupted (Ctrl-C): stopped at once without saving; rerun the same "
+            "command to resume from the last checkpoint.",
+            file=sys.stderr,
+        )
+        sys.exit(INTERRUPTED_EXIT_CODE)
     except (ConfigError, CheckpointError, NonFiniteError) as e:
         sys.exit(f"train.py: {e}")
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

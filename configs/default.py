@@ -77,8 +77,9 @@ def get_config() -> ml_collections.ConfigDict:
     # An unreadable newest checkpoint: False stops with an error naming it; True resumes from
     # the newest readable one and renames the unreadable ones to <step>.unreadable.
     config.restore_fallback = False
-    # SIGTERM saves a checkpoint at the next step boundary and exits with status 75 (train.py);
-    # multi-host runs check whether any host was signalled every this many steps.
+    # SIGTERM saves a checkpoint at the next step boundary and exits with status 75, Ctrl-C
+    # likewise with 130 (train.py); multi-host runs check whether any host was signalled every
+    # this many steps.
     config.preemption_check_every_steps = 10
     # A non-finite loss or gradient norm: 'stop' raises naming the step (its state is never
     # saved); 'skip' keeps the previous state for that step and counts it in the metrics.

@@ -4,7 +4,8 @@ Imagenette (10 ImageNet classes, ~9.5k training images) at 224 px fits a Colab s
 global batch 256, bf16, SGD + Nesterov, cosine over 40 epochs, label smoothing 0.1.
 Point it at ImageNet with ``--config.data.dataset=imagenet2012`` if you have it prepared.
 
-    python train.py --config=configs/imagenet_resnet50_colab_tpu.py --workdir=/content/rn50
+    python train.py --config=configs/imagenet_resnet50_colab_tpu.py --workdir=/content/rn50 \
+        --config.data.download=True  # The first run downloads Imagenette from TFDS (1.5 GB).
 """
 
 import ml_collections

@@ -231,3 +231,26 @@ def test_sigterm_saves_the_next_step_exits_75_and_the_rerun_finishes_exactly(tmp
     assert rerun.finish() == 0, "\n".join(rerun.log[-40:])
     assert rerun.records("RESTORE")[0][0] == stop
     assert rerun.records("SAVE")[-1] == (TOTAL, uninterrupted[TOTAL])
+
+
+def test_ctrl_c_saves_the_next_step_exits_130_with_one_line_and_the_rerun_resumes(tmp):
+    workdir = tmp / "interrupted"
+    run = Run(tmp, workdir, delay=0.0)
+    assert run.wait_for("SAVE")
+    run.proc.send_signal(signal.SIGINT)
+    assert run.finish() == 130, "\n".join(run.log[-40:])
+    stop = run.records("SAVE")[-1][0]
+    assert stop < TOTAL
+    said = [line for line in run.log if line.startswith("train.py:")]
+    assert said == [
+        f"train.py: Interrupted (Ctrl-C): stopped at step {stop} (saved in "
+        f"{workdir / 'checkpoints'}). Rerun the same command to resume from there."
+    ]
+    assert not [line for line in run.log if "Traceback" in line or "KeyboardInterrupt" in line]
+    steps = ocp.CheckpointManager(workdir / "checkpoints").all_steps()
+    assert max(steps) == stop  # The stop step's checkpoint is complete on disk.
+
+    rerun = Run(tmp, workdir, delay=0.0)
+    assert rerun.finish() == 0, "\n".join(rerun.log[-40:])
+    assert rerun.records("RESTORE")[0][0] == stop
+    assert rerun.records("SAVE")[-1][0] == TOTAL

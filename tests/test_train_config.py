@@ -100,6 +100,7 @@ def test_unknown_dataset_is_named(no_compile, tmp_path):
 def test_missing_imagenet_says_where_the_tars_go_and_how_to_prepare(no_compile, tmp_path):
     config = load_config("imagenet_resnet50_gpu8")
     config.data.data_dir = str(tmp_path / "tfds")
+    (tmp_path / "tfds").mkdir()
     with pytest.raises(ConfigError) as error:
         train_and_evaluate(config, str(tmp_path / "work"))
     message = str(error.value)

@@ -53,6 +53,7 @@ def read_rows(workdir: str) -> list[dict]:
 
 
 def test_imagenet_config_trains_under_mock_data(tmp_path):
+    (tmp_path / "tfds").mkdir()
     config = small_imagenet_config(str(tmp_path / "tfds"))
     config.num_eval_steps = 1
     # mock_data swaps in a fake file system process-wide while it builds a dataset; a

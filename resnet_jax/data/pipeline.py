@@ -51,7 +51,9 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.dataset = "imagenet2012"
     c.data_dir = _optional_str()  # TFDS data_dir; None = ~/tensorflow_datasets or $TFDS_DATA_DIR.
     c.manual_dir = _optional_str()  # Manually downloaded files; None = <data_dir>/downloads/manual.
-    c.download = True  # Download and prepare a TFDS dataset that is not prepared yet.
+    # Download and prepare a TFDS dataset that is not prepared in data_dir yet (ImageNet's
+    # manual files are prepared either way). Off: a run never starts a download on its own.
+    c.download = False
     c.train_split = "train"  # TFDS split strings, e.g. 'train[:90%]'; ignored by digits/folder.
     c.eval_split = "validation"  # e.g. 'train[90%:]' for tf_flowers, 'test' for cifar10.
     c.folder = _optional_str()  # 'folder': training images, <folder>/<class>/<image>.

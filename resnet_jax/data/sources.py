@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 from absl import logging
+from etils import epath
 
 from resnet_jax.data import preprocess  # noqa: F401  (hides GPUs from TF on import)
 from resnet_jax.data.shards import even_shard, train_shard
@@ -166,8 +167,14 @@ def tfds_builder(config: Any) -> Any:
 
     patch_tfds_importlib_resources()
 
+    data_dir = config.get("data_dir")
+    if data_dir and not epath.Path(data_dir).is_dir():
+        raise FileNotFoundError(
+            f"data.data_dir {data_dir} does not exist (nothing was created): pass "
+            "--config.data.data_dir=DIR naming the directory the datasets are prepared in."
+        )
     try:
-        builder = tfds.builder(config.dataset, data_dir=config.get("data_dir"))
+        builder = tfds.builder(config.dataset, data_dir=data_dir)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(unknown_dataset_message(config.dataset)) from None
     features = builder.info.features
@@ -178,11 +185,12 @@ def tfds_builder(config: Any) -> Any:
         )
     if builder.is_prepared():
         return builder
-    if not config.get("download", True) and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+    if not config.get("download", False) and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
         raise FileNotFoundError(
-            f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and "
-            f"data.download is False. Prepare it with: tfds build {builder.name} "
-            f"--data_dir={builder.data_dir_root}"
+            f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir_root}: "
+            f"download and prepare it once with `tfds build {config.dataset} "
+            f"--data_dir={builder.data_dir_root}`, or rerun with --config.data.download=True "
+            "to let the run download it (needs network)."
         )
     download_config = tfds.download.DownloadConfig(manual_dir=config.get("manual_dir"))
     try:

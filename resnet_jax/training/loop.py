@@ -78,7 +78,7 @@ class _Run:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says; returns the last train and eval metrics.
 
-    Raises ``faults.Preempted`` after a SIGTERM (a checkpoint of the stop step is on disk)
+    Raises ``faults.Preempted`` after a SIGTERM or Ctrl-C (a checkpoint of the stop step is on disk)
     and ``faults.NonFiniteError`` when the loss or gradients stop being finite.
     """
     with faults.PreemptionWatcher(config.preemption_check_every_steps) as watcher:
@@ -106,6 +106,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
 
     devices = jax.devices()
     validate.check_config(config, num_devices=len(devices), process_count=jax.process_count())
+    validate.check_workdir(workdir)
     try:
         info = pipeline.get_dataset_info(config.data)
     except (ValueError, FileNotFoundError) as e:
@@ -252,7 +253,8 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
         if stop:
             if run.ckpt is not None:
                 run.ckpt.wait()  # The checkpoint of this step is complete before the exit.
-            raise faults.Preempted(step, run.ckpt.directory if run.ckpt is not None else None)
+            where = run.ckpt.directory if run.ckpt is not None else None
+            raise faults.Preempted(step, where, watcher.signum)
     if start_step >= run.total_steps:
         progress.message(f"Nothing to train: the checkpoint is at step {start_step} already.")
         if config.eval_every_steps >= 0:

@@ -1,10 +1,13 @@
 """Checks a run's config before anything is compiled, with messages that say what to change.
 
-``check_config`` needs only the config and the device count; ``check_schedule`` runs once
-the dataset size (and so the number of steps) is known.
+``check_config`` needs only the config and the device count; ``check_workdir`` only the path;
+``check_schedule`` runs once the dataset size (and so the number of steps) is known.
 """
 
 from __future__ import annotations
+
+import os
+import tempfile
 
 import ml_collections
 
@@ -47,6 +50,7 @@ def check_config(
         errors.append(
             f"optimizer.lr_schedule {config.optimizer.lr_schedule!r} is not one of {SCHEDULES}."
         )
+    errors += optimizer_problems(config.optimizer)
     image_dtype = config.data.get("image_dtype", "float32")
     if image_dtype not in IMAGE_DTYPES:
         errors.append(
@@ -86,6 +90,59 @@ def check_config(
             )
     if errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
+
+
+def optimizer_problems(opt: ml_collections.ConfigDict) -> list[str]:
+    """Optimizer numbers no run can train with (a negative rate climbs the loss), one per line."""
+    errors = []
+    if not opt.base_learning_rate > 0:
+        errors.append(
+            f"optimizer.base_learning_rate={opt.base_learning_rate} must be > 0: it is the peak "
+            "rate per 256 examples (the recipes use 0.1 for SGD)."
+        )
+    if not 0.0 <= opt.momentum < 1.0:
+        errors.append(
+            f"optimizer.momentum={opt.momentum} must be in [0, 1): 0.9 is usual, 0 is plain SGD."
+        )
+    for field, what in (
+        ("weight_decay", "0 turns it off"),
+        ("warmup_epochs", "0 starts at the peak rate"),
+        ("end_learning_rate", "the 'polynomial' schedule's final rate"),
+        ("grad_clip_norm", "0 turns clipping off"),
+    ):
+        if not opt[field] >= 0:
+            errors.append(f"optimizer.{field}={opt[field]} must be >= 0 ({what}).")
+    if not opt.lr_decay_factor > 0:
+        errors.append(
+            f"optimizer.lr_decay_factor={opt.lr_decay_factor} must be > 0: the 'step' schedule "
+            "multiplies the rate by it at each boundary (0.1 is usual)."
+        )
+    return errors
+
+
+def _probe_write(directory: str) -> None:
+    """Creates and removes a nameless file in ``directory``: raises OSError if it cannot."""
+    with tempfile.TemporaryFile(dir=directory):
+        pass
+
+
+def check_workdir(workdir: str) -> None:
+    """Raises ConfigError when ``workdir`` cannot hold the run's files (a file is in the way or
+    it cannot be written), before anything is built. Creates nothing."""
+    if "://" in workdir:
+        return  # Remote storage: the checkpointer says what it supports.
+    fix = "pass --workdir=DIR naming a directory you can write to (new, or an earlier run's)"
+    path = existing = os.path.abspath(workdir)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        where = "is a file" if existing == path else f"is under {existing}, a file"
+        raise ConfigError(f"workdir {workdir} {where}, not a directory: {fix}.")
+    try:
+        _probe_write(existing)
+    except OSError as e:
+        what = "is not writable" if existing == path else f"cannot be created in {existing}"
+        raise ConfigError(f"workdir {workdir} {what} ({e.strerror or e}): {fix}.") from None
 
 
 def check_schedule(
