@@ -72,7 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.eval_every_steps = 0  # 0: once per epoch; -1: never (not even at the end).
     config.num_eval_steps = -1  # -1: the whole validation split.
     config.checkpoint_every_steps = 0  # 0: once per epoch; always also at the end.
-    config.keep_checkpoints = 3  # 0 disables checkpointing.
+    config.keep_checkpoints = 3  # 0: no saves (a workdir's checkpoint is still resumed from).
     config.async_checkpointing = True
     # An unreadable newest checkpoint: False stops with an error naming it; True resumes from
     # the newest readable one and renames the unreadable ones to <step>.unreadable.
@@ -91,4 +91,10 @@ def get_config() -> ml_collections.ConfigDict:
     # After the final evaluation, confusion_matrix.png/.json for datasets with at most this many
     # classes (one more pass over the eval split); 0: never.
     config.confusion_matrix_max_classes = 100
+    # A rerun in a workdir continues its run only under the same config: a change to a field
+    # that alters the result (schedule, num_epochs/num_train_steps, batch size, learning rate,
+    # data, seed, ...) is refused, naming each field. True continues the run's state under the
+    # new values (e.g. more epochs). Logging, evaluation, checkpointing, fault-handling and
+    # input-speed fields may change on any rerun (resnet_jax/training/workdir.py FREE_FIELDS).
+    config.allow_config_change = False
     return config

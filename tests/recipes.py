@@ -1,12 +1,16 @@
-"""The repository's training recipes (configs/*.py), importable from any test."""
+"""The repository's training recipes (configs/*.py), importable from any test, and the tiny
+synthetic run and workdir digest the fault and workdir tests share."""
 
+import hashlib
 import importlib
+import os
 import pathlib
 import sys
 
 import ml_collections
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
+TINY_STEPS = 6  # Of tiny_synthetic_config, with checkpoints at 2, 4 and 6.
 
 
 def load_config(name: str) -> ml_collections.ConfigDict:
@@ -15,3 +19,40 @@ def load_config(name: str) -> ml_collections.ConfigDict:
         return importlib.import_module(f"configs.{name}").get_config()
     finally:
         sys.path.remove(str(REPO))
+
+
+def tiny_synthetic_config(**overrides) -> ml_collections.ConfigDict:
+    """A 1-block-per-stage ResNet-20 on 8x8 synthetic images (no TensorFlow), 6 steps."""
+    config = load_config("default")
+    config.model.name = "resnet20"
+    config.model.kwargs = ml_collections.ConfigDict(
+        {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8), "stem_width": 4}
+    )
+    config.data.dataset = "synthetic"
+    config.data.image_size = 8
+    config.data.num_classes = 10
+    config.data.synthetic_size = 128
+    config.batch_size = 16
+    config.num_train_steps = TINY_STEPS
+    config.optimizer.warmup_epochs = 0.0
+    config.log_every_steps = 2
+    config.eval_every_steps = -1
+    config.checkpoint_every_steps = 2
+    config.progress_bar = False
+    config.tensorboard = False
+    config.plot = False
+    config.confusion_matrix_max_classes = 0
+    config.update(overrides)
+    return config
+
+
+def tree_digest(root: pathlib.Path) -> dict[str, str]:
+    """Every file under ``root`` (names and bytes) and every directory name."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
+        for f in filenames:
+            path = os.path.join(dirpath, f)
+            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
+    return out

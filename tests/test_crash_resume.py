@@ -1,6 +1,7 @@
 """``train.py`` killed at random moments (SIGKILL, also mid checkpoint write) or preempted (SIGTERM)
 always resumes from a complete checkpoint and ends bitwise where an uninterrupted run ends."""
 
+import json
 import os
 import pathlib
 import queue
@@ -17,6 +18,7 @@ import pytest
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL, EVERY, KILLS = 60, 2, 10
+LOG_STEPS = list(range(4, TOTAL + 1, 4))  # log_every_steps = 4.
 
 TINY_CONFIG = f"""
 import ml_collections
@@ -156,6 +158,11 @@ def final_state(workdir: pathlib.Path) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(restored["state"])]
 
 
+def train_log_steps(workdir: pathlib.Path) -> list[int]:
+    rows = [json.loads(line) for line in open(workdir / "metrics.jsonl")]
+    return [r["step"] for r in rows if r["split"] == "train"]
+
+
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crash")
@@ -213,6 +220,7 @@ def test_sigkill_at_random_moments_always_resumes_from_a_complete_checkpoint(tmp
     for a, b in zip(final_state(tmp / "straight"), final_state(workdir), strict=True):
         np.testing.assert_array_equal(a, b)
     assert not [p for p in os.listdir(workdir / "checkpoints") if "tmp" in p]
+    assert train_log_steps(workdir) == LOG_STEPS  # Each step once, though runs were killed.
 
 
 def test_sigterm_saves_the_next_step_exits_75_and_the_rerun_finishes_exactly(tmp, uninterrupted):
@@ -231,6 +239,7 @@ def test_sigterm_saves_the_next_step_exits_75_and_the_rerun_finishes_exactly(tmp
     assert rerun.finish() == 0, "\n".join(rerun.log[-40:])
     assert rerun.records("RESTORE")[0][0] == stop
     assert rerun.records("SAVE")[-1] == (TOTAL, uninterrupted[TOTAL])
+    assert train_log_steps(workdir) == LOG_STEPS
 
 
 def test_ctrl_c_saves_the_next_step_exits_130_with_one_line_and_the_rerun_resumes(tmp):

@@ -1,6 +1,7 @@
 """Folder datasets: class subfolders, robust to files TensorFlow cannot decode."""
 
 import io
+import os
 
 import numpy as np
 import pytest
@@ -36,8 +37,15 @@ def messy_folder(tmp_path_factory):
     (a / "truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
     _save(a / "photo.tiff", Image.fromarray(RGB), "TIFF")  # Not an image extension: ignored.
     _save(b / "scan.jpeg", Image.fromarray(RGB), "TIFF")  # TIFF bytes TF cannot decode.
-    good = {"rgb.jpg", "grey.png", "rgba.png", "cmyk.jpg", "png_inside.jpg", "deep.png",
-            "palette.gif"}
+    good = {
+        "rgb.jpg",
+        "grey.png",
+        "rgba.png",
+        "cmyk.jpg",
+        "png_inside.jpg",
+        "deep.png",
+        "palette.gif",
+    }
     bad = {"empty.jpg", "text.jpg", "truncated.jpg", "scan.jpeg"}
     return root, good, bad
 
@@ -65,8 +73,15 @@ def test_every_kept_file_decodes_to_rgb_uint8(messy_folder):
 
 def _folder_config(root, **overrides):
     config = pipeline.default_data_config()
-    config.update(dict(dataset="folder", folder=str(root), image_size=16,
-                       eval_preprocess="resize", private_threads=0))
+    config.update(
+        dict(
+            dataset="folder",
+            folder=str(root),
+            image_size=16,
+            eval_preprocess="resize",
+            private_threads=0,
+        )
+    )
     config.update(overrides)
     return config
 
@@ -81,9 +96,9 @@ def test_pipeline_iterates_a_messy_folder_to_the_end(messy_folder):
     )
     for _ in range(5):  # Several epochs of 7 files.
         assert next(train)["image"].shape == (4, 16, 16, 3)
-    batches = list(pipeline.create_eval_iterator(
-        config, global_batch_size=4, process_index=0, process_count=1
-    ))
+    batches = list(
+        pipeline.create_eval_iterator(config, global_batch_size=4, process_index=0, process_count=1)
+    )
     assert sum(b["mask"].sum() for b in batches) == len(good)
 
 
@@ -98,9 +113,9 @@ def test_digits_written_as_pngs_read_back_with_their_labels(tmp_path):
     config = _folder_config(root, eval_fraction=0.34)
     info = pipeline.get_dataset_info(config)
     assert (info.num_train, info.num_eval, info.class_names) == (20, 10, tuple("0123456789"))
-    batches = list(pipeline.create_eval_iterator(
-        config, global_batch_size=8, process_index=0, process_count=1
-    ))
+    batches = list(
+        pipeline.create_eval_iterator(config, global_batch_size=8, process_index=0, process_count=1)
+    )
     labels = np.concatenate([b["label"][b["mask"] == 1] for b in batches])
     np.testing.assert_array_equal(np.sort(labels), np.arange(10))  # One per class held out.
 
@@ -134,3 +149,46 @@ def test_holdout_split_is_fixed_stratified_and_disjoint(tmp_path):
     assert not set(train.files) & set(held.files)
     assert len(train) + len(held) == 100
     np.testing.assert_array_equal(np.bincount(held.labels), [2] * 10)
+
+
+def test_file_names_that_are_not_utf8_are_read(tmp_path):
+    """Linux file names are bytes: b'caf\\xe9.jpg' (Latin-1) reaches tf.data as bytes."""
+    root = tmp_path.as_posix().encode()
+    for name, colour in ((b"a/caf\xe9.jpg", (250, 10, 10)), (b"b/na\xefve.png", (10, 10, 250))):
+        path = os.path.join(root, name)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        fmt = "JPEG" if name.endswith(b".jpg") else "PNG"
+        Image.new("RGB", (20, 24), colour).save(os.fsdecode(path), fmt)
+    config = _folder_config(tmp_path, eval_folder=str(tmp_path))
+    index = folder.scan_folder(tmp_path)
+    assert len(index) == 2 and not index.skipped
+    assert os.fsencode(index.files[0]).endswith(b"caf\xe9.jpg")
+    (batch,) = pipeline.create_eval_iterator(
+        config, global_batch_size=2, process_index=0, process_count=1
+    )
+    red = batch["image"][..., 0].mean(axis=(1, 2)) > batch["image"][..., 2].mean(axis=(1, 2))
+    assert batch["mask"].tolist() == [1, 1] and red.tolist() == (batch["label"] == 0).tolist()
+    train = pipeline.create_train_iterator(
+        config, global_batch_size=2, seed=0, process_index=0, process_count=1
+    )
+    assert sorted(next(train)["label"].tolist()) == [0, 1]
+
+
+def test_holdout_keeps_one_image_per_class_for_validation(tmp_path):
+    root = write_digits_folder(tmp_path / "d", split="train", image_size=8, per_class=5)
+    train, held = folder.holdout_split(folder.scan_folder(root), 0.1)  # 0.1 x 5 rounds to 0.
+    np.testing.assert_array_equal(np.bincount(held.labels), [1] * 10)
+    np.testing.assert_array_equal(np.bincount(train.labels), [4] * 10)
+
+
+def test_holdout_refuses_a_class_of_one_image(tmp_path):
+    root = write_digits_folder(tmp_path / "d", split="train", image_size=8, per_class=3)
+    for extra in sorted((root / "7").iterdir())[1:]:
+        extra.unlink()
+    with pytest.raises(ValueError) as error:
+        folder.holdout_split(folder.scan_folder(root), 0.1)
+    assert str(error.value).startswith(
+        "Too few images to hold out a validation image per class: '7' (1). Each class needs at "
+        "least 2 images (one to train on, one to validate); add images, or give a separate "
+        "data.eval_folder."
+    )

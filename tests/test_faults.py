@@ -2,18 +2,15 @@
 written checkpoints and SIGTERM. Each one stops clearly or recovers, and never loses the last
 good checkpoint."""
 
-import hashlib
-import importlib
 import os
-import pathlib
 import shutil
 import signal
-import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
+from recipes import TINY_STEPS, tree_digest
+from recipes import tiny_synthetic_config as tiny_config
 
 from resnet_jax import checkpoint
 from resnet_jax.data import pipeline
@@ -21,56 +18,14 @@ from resnet_jax.parallel import create_data_parallel
 from resnet_jax.training import train_and_evaluate
 from resnet_jax.training.faults import NonFiniteError, PreemptionWatcher
 
-REPO = pathlib.Path(__file__).resolve().parents[1]
-TOTAL = 6
+TOTAL = TINY_STEPS
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
 
 
-def tiny_config(**overrides) -> ml_collections.ConfigDict:
-    """A 1-block-per-stage ResNet-20 on 8x8 synthetic images (no TensorFlow), 6 steps."""
-    sys.path.insert(0, str(REPO))
-    try:
-        config = importlib.import_module("configs.default").get_config()
-    finally:
-        sys.path.remove(str(REPO))
-    config.model.name = "resnet20"
-    config.model.kwargs = ml_collections.ConfigDict(
-        {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8), "stem_width": 4}
-    )
-    config.data.dataset = "synthetic"
-    config.data.image_size = 8
-    config.data.num_classes = 10
-    config.data.synthetic_size = 128
-    config.batch_size = 16
-    config.num_train_steps = TOTAL
-    config.optimizer.warmup_epochs = 0.0
-    config.log_every_steps = 2
-    config.eval_every_steps = -1
-    config.checkpoint_every_steps = 2
-    config.progress_bar = False
-    config.tensorboard = False
-    config.plot = False
-    config.confusion_matrix_max_classes = 0
-    config.update(overrides)
-    return config
-
-
 def host_leaves(state) -> list[np.ndarray]:
     return [np.asarray(x) for x in jax.tree.leaves(jax.device_get(state))]
-
-
-def tree_digest(root: pathlib.Path) -> dict[str, str]:
-    """Every file under ``root`` (names and bytes) and every directory name."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root) + "/"] = "dir"
-        for f in filenames:
-            path = os.path.join(dirpath, f)
-            out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")

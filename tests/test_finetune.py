@@ -20,6 +20,7 @@ import numpy as np
 import optax
 import pytest
 from flax import traverse_util
+from PIL import Image
 from recipes import load_config
 
 from resnet_jax.convert import save_converted
@@ -44,8 +45,6 @@ STATED_ACCURACY = 0.90  # Measured 0.955 (343 of 359 eval digits); deterministic
 
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
-
-
 
 
 def tiny_config(folder, eval_folder=None, steps: int = 40) -> ml_collections.ConfigDict:
@@ -356,3 +355,41 @@ def test_predict_reads_a_training_workdir(unfrozen, digits, tmp_path, capsys):
     assert [r["path"] for r in rows if r["rank"] == "1"] == images
     assert {r["label"] for r in rows} <= set("0123456789") and len(rows) == 6
     assert "wrote 2 predictions" in capsys.readouterr().out
+
+
+def write_tiny_folder(root: pathlib.Path, per_class: dict[str, int]) -> pathlib.Path:
+    """JPEGs of one colour per class plus noise; the first file's name is not UTF-8."""
+    rng = np.random.default_rng(0)
+    for c, (name, count) in enumerate(per_class.items()):
+        (root / name).mkdir(parents=True)
+        colour = np.array([200 if c == i else 40 for i in range(3)])
+        for i in range(count):
+            pixels = np.clip(colour + rng.integers(-30, 30, (SIZE, SIZE, 3)), 0, 255)
+            file = b"caf\xe9.jpg" if c == i == 0 else f"{i}.jpg".encode()
+            path = os.fsdecode(os.path.join(os.fsencode(root / name), file))
+            Image.fromarray(pixels.astype(np.uint8)).save(path, "JPEG")
+    return root
+
+
+def test_a_tiny_folder_fine_tunes_validates_one_image_per_class_and_saves(converted, tmp_path):
+    root = write_tiny_folder(tmp_path / "tiny", {"cat": 5, "dog": 5, "owl": 5})
+    config = tiny_config(root, steps=4)
+    config.init_from = str(converted[0])
+    config.data.preset = "init_from"
+    config.batch_size = config.eval_batch_size = 8
+    config.eval_every_steps = 4
+    result = train_and_evaluate(config, str(tmp_path / "work"))
+    assert result["step"] == 4
+    assert result["eval"]["count"] == 3  # round(0.1 x 5) = 0, yet one per class is held out.
+    assert result["confusion"]["counts"].sum(axis=1).tolist() == [1, 1, 1]
+    assert os.listdir(tmp_path / "work" / "checkpoints") == ["4"]
+    assert [r["count"] for r in read_metrics(str(tmp_path / "work")) if r["split"] == "eval"] == [3]
+
+
+def test_a_class_of_one_image_is_refused_before_training(tmp_path, no_compile):
+    root = write_tiny_folder(tmp_path / "tiny", {"cat": 5, "dog": 1})
+    with pytest.raises(ConfigError) as error:
+        train_and_evaluate(tiny_config(root), str(tmp_path / "work"))
+    assert "'dog' (1). Each class needs at least 2 images" in str(error.value)
+    assert "data.eval_folder" in str(error.value)
+    assert not (tmp_path / "work").exists()

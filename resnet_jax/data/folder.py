@@ -133,19 +133,28 @@ def scan_folder(
 
 
 def holdout_split(index: FolderIndex, eval_fraction: float) -> tuple[FolderIndex, FolderIndex]:
-    """Splits into (train, eval), holding out ``eval_fraction`` of every class.
+    """Splits into (train, eval), holding out ``eval_fraction`` of every class, at least one
+    image and at most all but one: every class is both trained on and validated.
 
     Fixed for a given folder: seeded by a constant, so training runs and later evaluations agree.
-    Classes with a single image keep it for training.
+    Raises ValueError naming the classes with fewer than 2 images.
     """
     if not 0.0 < eval_fraction < 1.0:
         raise ValueError(f"eval_fraction must be in (0, 1), got {eval_fraction}.")
-    rng = np.random.default_rng(_SPLIT_SEED)
     labels = np.asarray(index.labels)
+    counts = np.bincount(labels, minlength=len(index.class_names))
+    small = [f"{index.class_names[c]!r} ({counts[c]})" for c in np.flatnonzero(counts < 2)]
+    if small:
+        raise ValueError(
+            f"Too few images to hold out a validation image per class: {', '.join(small)}. "
+            "Each class needs at least 2 images (one to train on, one to validate); add "
+            "images, or give a separate data.eval_folder."
+        )
+    rng = np.random.default_rng(_SPLIT_SEED)
     is_eval = np.zeros(len(labels), bool)
     for c in range(len(index.class_names)):
         members = rng.permutation(np.flatnonzero(labels == c))
-        n_eval = min(int(round(eval_fraction * len(members))), len(members) - 1)
+        n_eval = min(max(int(round(eval_fraction * len(members))), 1), len(members) - 1)
         is_eval[members[:n_eval]] = True
     train = index.subset(np.flatnonzero(~is_eval))
     return dataclasses.replace(train, skipped=index.skipped), index.subset(np.flatnonzero(is_eval))

@@ -297,7 +297,11 @@ def _read_file(ex: Example) -> Example:
 
 
 def files_source(
-    files: Sequence[str], labels: Sequence[int], *, process_index: int, process_count: int,
+    files: Sequence[str],
+    labels: Sequence[int],
+    *,
+    process_index: int,
+    process_count: int,
     train: bool,
 ) -> Source:
     """Image files with labels; the order is mixed with a fixed seed before sharding so every
@@ -307,7 +311,8 @@ def files_source(
     order = order[start:stop]
     ds = tf.data.Dataset.from_tensor_slices(
         {
-            "image": np.asarray([files[i] for i in order], dtype=object).astype(str),
+            # Bytes, not str: file names need not be UTF-8 (os.fsdecode gives them back).
+            "image": np.array([os.fsencode(files[i]) for i in order], dtype=bytes),
             "label": np.asarray([labels[i] for i in order], np.int32),
         }
     )

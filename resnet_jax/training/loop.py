@@ -1,8 +1,9 @@
 """``train_and_evaluate(config, workdir)``: the training loop and everything at its edges.
 
 Order of work: check the config (no compile), find the dataset, build mesh, model and
-optimizer, initialise or resume from the workdir's latest checkpoint, then train with
-periodic logging, evaluation and asynchronous checkpoints; finally plot the curves.
+optimizer, check that the workdir holds this run or none (before writing anything there),
+initialise or resume from its latest checkpoint, then train with periodic logging, evaluation
+and asynchronous checkpoints; finally plot the curves.
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ import optax
 from absl import logging
 
 from resnet_jax import parallel as par
-from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint, check_compatible
+from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint
 from resnet_jax.data import presets
 from resnet_jax.models import ResNet, create_model
 from resnet_jax.training import confusion, faults, finetune, optim, steps, validate
+from resnet_jax.training import workdir as workdirs
 from resnet_jax.training.evaluate import evaluate
 from resnet_jax.training.metrics import MetricWriter, ProgressBar
 from resnet_jax.training.plot import plot_curves
 from resnet_jax.training.state import TrainState, create_train_state
-
-CONFIG_FILE = "config.json"
-CHECKPOINT_DIR = "checkpoints"
+from resnet_jax.training.workdir import CONFIG_FILE
 
 
 def build_model(
@@ -133,18 +133,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     state = parallel.replicate(state)
 
-    os.makedirs(workdir, exist_ok=True)
-    ckpt = None
-    if config.keep_checkpoints > 0:
-        ckpt = Checkpointer(
-            os.path.join(workdir, CHECKPOINT_DIR),
-            keep=config.keep_checkpoints,
-            async_save=config.async_checkpointing,
-        )
-        state = _maybe_resume(ckpt, state, parallel, config, fingerprint)
+    # Nothing in the workdir is written before it is known to hold this run (or none).
+    state, start_step, ckpt = workdirs.resume(config, workdir, state, parallel, fingerprint)
     state = finetune.initialize(config, state, parallel, source)
     is_main = jax.process_index() == 0
     if is_main:
+        os.makedirs(workdir, exist_ok=True)
         with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
@@ -186,7 +180,9 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         state=state,
         meta=meta,
         ckpt=ckpt,
-        writer=MetricWriter(workdir, enabled=is_main, tensorboard=config.tensorboard),
+        writer=MetricWriter(
+            workdir, enabled=is_main, tensorboard=config.tensorboard, resume_step=start_step
+        ),
         progress=progress,
     )
 
@@ -245,11 +241,11 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
                 lr=last_train["learning_rate"],
                 **{"img/s": round(last_train.get("images_per_sec", 0.0), 1)},
             )
+        if run.ckpt is not None and (is_save or stop):
+            _save(run, state, step)  # Before evaluating: an eval error never loses the state.
         if is_eval:
             last_eval = _evaluate(run, state, step)
             window.restart_clock()  # Keep eval time out of images/s.
-        if run.ckpt is not None and (is_save or stop):
-            _save(run, state, step)
         if stop:
             if run.ckpt is not None:
                 run.ckpt.wait()  # The checkpoint of this step is complete before the exit.
@@ -303,43 +299,6 @@ def _save(run: _Run, state: TrainState, step: int) -> None:
     data = {"seed": config.seed, "step": step, "global_batch_size": config.batch_size}
     meta = {**run.meta, "step": step, "data": data}
     run.ckpt.save(step, run.parallel.unreplicate(state), meta)
-
-
-def _maybe_resume(
-    ckpt: Checkpointer,
-    state: TrainState,
-    parallel: par.DataParallel,
-    config: ml_collections.ConfigDict,
-    fingerprint: str,
-) -> TrainState:
-    """Restores the latest readable checkpoint into ``state``'s layout after checking it fits.
-
-    A checkpoint of another architecture stops the run before anything in the workdir changes;
-    an unreadable one too, unless ``config.restore_fallback`` allows an older one.
-    """
-
-    def check(meta: dict[str, Any]) -> None:
-        check_compatible(
-            meta, model_name=config.model.name, fingerprint=fingerprint, where=ckpt.directory
-        )
-        data = meta.get("data", {})
-        if data.get("seed") != config.seed or data.get("global_batch_size") != config.batch_size:
-            logging.warning(
-                "Resuming with seed %s and batch size %s, but the checkpoint was written with %s "
-                "and %s: the data order differs from an uninterrupted run.",
-                config.seed,
-                config.batch_size,
-                data.get("seed"),
-                data.get("global_batch_size"),
-            )
-
-    found = ckpt.restore_latest(
-        parallel.unreplicate(state), fallback=config.restore_fallback, check_meta=check
-    )
-    if found is None:
-        return state
-    ckpt.remove_partial()  # Only now: the workdir is known to hold this run's checkpoints.
-    return parallel.replicate(found[0])
 
 
 class _Window:

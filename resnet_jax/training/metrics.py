@@ -15,6 +15,8 @@ import sys
 import time
 from typing import Any, TextIO
 
+from absl import logging
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
 
@@ -61,16 +63,71 @@ class TensorBoardWriter:
         self._file.close()
 
 
-class MetricWriter:
-    """Appends rows to ``metrics.jsonl`` and TensorBoard; a no-op on non-zero processes."""
+def drop_rows_after(workdir: str, step: int) -> int:
+    """Removes the rows of ``metrics.jsonl`` past ``step`` (and damaged lines); returns how many.
 
-    def __init__(self, workdir: str, *, enabled: bool = True, tensorboard: bool = True) -> None:
+    A run resumed from the checkpoint of ``step`` redoes the steps after it: their rows from the
+    attempt that did not reach a checkpoint go, so that each (split, step) appears once. The
+    rows kept are left byte for byte; the file is replaced atomically (temp file, rename).
+    """
+    path = os.path.join(workdir, METRICS_FILE)
+    if not os.path.exists(path):
+        return 0
+    with open(path) as f:
+        lines = f.readlines()
+    kept = [line for line in lines if line.strip() and _step_of(line) <= step]
+    dropped = sum(1 for line in lines if line.strip()) - len(kept)
+    if not dropped:
+        return 0
+    if kept and not kept[-1].endswith("\n"):
+        kept[-1] += "\n"
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        f.writelines(kept)
+    os.replace(tmp, path)
+    return dropped
+
+
+def _step_of(line: str) -> float:
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):  # Cut short by a kill mid-write.
+        return math.inf
+
+
+class MetricWriter:
+    """Appends rows to ``metrics.jsonl`` and TensorBoard; a no-op on non-zero processes.
+
+    ``resume_step``: the run continues from that step's checkpoint; rows past it are dropped
+    first (see ``drop_rows_after``), and a (split, step) already recorded is not written again
+    (a rerun of a finished run evaluates its last step again).
+    """
+
+    def __init__(
+        self,
+        workdir: str,
+        *,
+        enabled: bool = True,
+        tensorboard: bool = True,
+        resume_step: int = 0,
+    ) -> None:
         self.enabled = enabled
         self._jsonl: TextIO | None = None
         self._tb: TensorBoardWriter | None = None
+        self._recorded: set[tuple[str, int]] = set()
         if not enabled:
             return
         os.makedirs(workdir, exist_ok=True)
+        dropped = drop_rows_after(workdir, resume_step)
+        if dropped:
+            logging.warning(
+                "Dropped %d row(s) past step %d from %s: the steps after the checkpoint the "
+                "run resumes from are trained again.",
+                dropped,
+                resume_step,
+                METRICS_FILE,
+            )
+        self._recorded = {(r["split"], int(r["step"])) for r in read_metrics(workdir)}
         self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
         if tensorboard:
             try:
@@ -80,8 +137,9 @@ class MetricWriter:
 
     def write(self, split: str, step: int, values: dict[str, float]) -> None:
         """One row: ``{'split', 'step', **values}``; TensorBoard tags are ``split/name``."""
-        if not self.enabled:
+        if not self.enabled or (split, int(step)) in self._recorded:
             return
+        self._recorded.add((split, int(step)))
         row = {"split": split, "step": int(step)}
         row.update({k: _plain(v) for k, v in values.items()})
         self._jsonl.write(json.dumps(row) + "\n")

@@ -19,8 +19,8 @@ import orbax.checkpoint as ocp
 from resnet_jax.checkpoint import META, STATE, Checkpointer
 from resnet_jax.data.presets import Preset, data_preset
 from resnet_jax.models import ResNet, create_model
-from resnet_jax.training.loop import CHECKPOINT_DIR, CONFIG_FILE
 from resnet_jax.training.state import TrainState
+from resnet_jax.training.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
 
 def is_workdir(path: str | os.PathLike) -> bool:

@@ -1,0 +1,206 @@
+"""Whether a workdir can continue the configured run, checked before anything in it is written.
+
+A workdir belongs to one run: its checkpoints (their architecture and the config they record)
+or, without checkpoints, its ``config.json``. Another model stops the run; so does a config that
+changes the run's result (schedule, batch size, data, ...) unless ``allow_config_change`` says
+to continue the state under the new config. Fields that only change how the run is watched or
+stored (``FREE_FIELDS``) may change on every resume.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from resnet_jax import parallel as par
+from resnet_jax.checkpoint import Checkpointer, CheckpointError, check_compatible
+from resnet_jax.training.state import TrainState
+from resnet_jax.training.validate import ConfigError
+
+CONFIG_FILE = "config.json"
+CHECKPOINT_DIR = "checkpoints"
+OPT_IN = "allow_config_change"
+# Config fields that do not change the trained state: logging, evaluation, checkpointing,
+# fault handling, input speed, and exact reparametrisations of the same computation.
+FREE_FIELDS = frozenset(
+    {
+        OPT_IN,
+        "log_every_steps",
+        "eval_every_steps",
+        "num_eval_steps",
+        "eval_batch_size",
+        "checkpoint_every_steps",
+        "keep_checkpoints",
+        "async_checkpointing",
+        "restore_fallback",
+        "preemption_check_every_steps",
+        "prefetch_batches",
+        "progress_bar",
+        "tensorboard",
+        "plot",
+        "confusion_matrix_max_classes",
+        "parallelism",
+        "multihost",
+        "model.remat",
+        "model.space_to_depth",
+        "data.data_dir",
+        "data.manual_dir",
+        "data.download",
+        "data.folder_check",
+        "data.cache",
+        "data.num_parallel_calls",
+        "data.prefetch",
+        "data.private_threads",
+    }
+)
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+def as_recorded(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The config as config.json and checkpoint metadata record it (JSON: tuples as lists)."""
+    return json.loads(config.to_json_best_effort())
+
+
+def changed_fields(recorded: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
+    """(field, recorded value, configured value) for each field outside ``FREE_FIELDS`` that
+    differs; fields that only one side has (another version's config) are not compared."""
+    old, new = _flatten(recorded), _flatten(config)
+    return [
+        (k, old[k], new[k])
+        for k in sorted(old.keys() & new.keys())
+        if k not in FREE_FIELDS and old[k] != new[k]
+    ]
+
+
+def check_unchanged(
+    recorded: dict[str, Any], config: ml_collections.ConfigDict, *, where: str
+) -> None:
+    """Raises ConfigError naming every field of ``config`` that differs from the recorded run's
+    (``where`` says what recorded it), unless ``allow_config_change`` is set."""
+    changes = changed_fields(recorded, as_recorded(config))
+    if not changes:
+        return
+    listed = "; ".join(f"{k}: {old!r} -> {new!r}" for k, old, new in changes)
+    if config.get(OPT_IN, False):
+        logging.warning("Continuing the run in %s under a changed config: %s.", where, listed)
+        return
+    raise ConfigError(
+        f"The run in {where} was made with another config: {listed}. Continuing it under these "
+        "values would give neither run's result. Use a new --workdir to start a run with them, "
+        f"rerun with the recorded values, or set --config.{OPT_IN}=True to continue this run's "
+        "state under the new config (e.g. to train for more epochs); nothing was changed."
+    )
+
+
+def read_recorded_config(workdir: str) -> dict[str, Any] | None:
+    """The config.json of an earlier run in ``workdir``, or None."""
+    path = os.path.join(workdir, CONFIG_FILE)
+    if not os.path.isfile(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def check_recorded_model(
+    recorded: dict[str, Any], config: ml_collections.ConfigDict, *, where: str
+) -> None:
+    """Refuses a workdir whose config.json names another architecture (name or kwargs)."""
+    old = recorded.get("model", {})
+    new = as_recorded(config)["model"]
+    if (old.get("name"), old.get("kwargs", {})) != (new["name"], new.get("kwargs", {})):
+        raise CheckpointError(
+            f"The run in {where} is of model {old.get('name')!r} (kwargs {old.get('kwargs')}), "
+            f"but the config asks for {new['name']!r} (kwargs {new.get('kwargs')}). Use a new "
+            "--workdir, or the config that made this run; nothing was changed."
+        )
+
+
+def resume(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    state: TrainState,
+    parallel: par.DataParallel,
+    fingerprint: str,
+) -> tuple[TrainState, int, Checkpointer | None]:
+    """(state, its step, the checkpointer to save with or None) for a run in ``workdir``.
+
+    Restores the latest readable checkpoint (also with ``keep_checkpoints=0``, which only stops
+    saving) after checking that it is of this architecture and config; without checkpoints,
+    checks config.json. A refusal leaves every file in the workdir as it was.
+    """
+    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    keep = config.keep_checkpoints
+    ckpt, found = None, None
+    if os.path.isdir(directory):
+        ckpt = Checkpointer(directory, keep=max(keep, 1), async_save=config.async_checkpointing)
+        try:
+            found = _restore(ckpt, state, parallel, config, fingerprint)
+        except BaseException:
+            ckpt.close()
+            raise
+    if found is None:
+        recorded = read_recorded_config(workdir)
+        if recorded is not None:
+            where = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
+            check_recorded_model(recorded, config, where=where)
+            check_unchanged(recorded, config, where=where)
+    else:
+        ckpt.remove_partial()  # Only now: the workdir is known to hold this run's checkpoints.
+        state = parallel.replicate(found)
+    step = int(jax.device_get(found.step)) if found is not None else 0
+    if keep <= 0 and ckpt is not None:
+        ckpt.close()
+        ckpt = None
+    elif keep > 0 and ckpt is None:
+        ckpt = Checkpointer(directory, keep=keep, async_save=config.async_checkpointing)
+    return state, step, ckpt
+
+
+def _restore(
+    ckpt: Checkpointer,
+    state: TrainState,
+    parallel: par.DataParallel,
+    config: ml_collections.ConfigDict,
+    fingerprint: str,
+) -> TrainState | None:
+    """The latest readable checkpoint in ``state``'s layout (unreplicated), or None.
+
+    A checkpoint of another architecture or config stops the run before anything changes; an
+    unreadable one too, unless ``config.restore_fallback`` allows an older one.
+    """
+
+    def check(meta: dict[str, Any]) -> None:
+        check_compatible(
+            meta, model_name=config.model.name, fingerprint=fingerprint, where=ckpt.directory
+        )
+        where = f"{ckpt.directory} (step {meta.get('step')})"
+        check_unchanged(meta.get("config", {}), config, where=where)
+        data = meta.get("data", {})
+        if data.get("seed") != config.seed or data.get("global_batch_size") != config.batch_size:
+            logging.warning(  # Only with allow_config_change: both are checked above.
+                "Resuming with seed %s and batch size %s, but the checkpoint was written with %s "
+                "and %s: the data order differs from an uninterrupted run.",
+                config.seed,
+                config.batch_size,
+                data.get("seed"),
+                data.get("global_batch_size"),
+            )
+
+    found = ckpt.restore_latest(
+        parallel.unreplicate(state), fallback=config.restore_fallback, check_meta=check
+    )
+    return None if found is None else found[0]
