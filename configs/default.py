@@ -90,4 +90,10 @@ def get_config() -> ml_collections.ConfigDict:
     # After the final evaluation, confusion_matrix.png/.json for datasets with at most this many
     # classes (one more pass over the eval split); 0: never.
     config.confusion_matrix_max_classes = 100
+    # JAX's persistent compilation cache, so that a restart loads the compiled steps: 'auto' =
+    # the user cache (~/.cache/resnet_jax/jax); any local or gs:// directory; '' = off.
+    config.compilation_cache_dir = "auto"
+    # 'first:last' (e.g. '10:15'): a jax.profiler trace of those steps in <workdir>/profile, for
+    # TensorBoard's profile plugin or XProf; '' = none.
+    config.profile_steps = ""
     return config
