@@ -47,6 +47,7 @@ class JaxConfig:
     remat: bool = False
     space_to_depth: bool = False
     num_devices: int = 1
+    parallelism: str = "shard_map"  # or 'pmap'
     # 'auto': resnet_jax.platform's options for the program (train or forward); 'defaults':
     # XLA's; 'forward': the forward programs' options, for the train step too.
     xla_options: str = "auto"
@@ -187,7 +188,7 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
     devices = jax.devices()[: cfg.num_devices]
     if len(devices) < cfg.num_devices:
         raise ValueError(f"{cfg.num_devices} devices asked for, {len(jax.devices())} present.")
-    parallel = par.create_data_parallel("shard_map", devices=devices)
+    parallel = par.create_data_parallel(cfg.parallelism, devices=devices)
     model = cfg.build_model(**parallel.model_overrides())
     tx = optax.sgd(0.1, momentum=0.9)
     fn = steps.compile_train_step(
@@ -223,6 +224,7 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         "all_reduce_ops": count_all_reduces(compiled.as_text()),
         "convolution_ops": count_convolutions(compiled.as_text()),
         "num_devices": cfg.num_devices,
+        "parallelism": cfg.parallelism,
         "per_device_batch": cfg.batch_size,
         "donate": cfg.donate,
         "remat": cfg.remat,

@@ -97,4 +97,10 @@ def get_config() -> ml_collections.ConfigDict:
     # new values (e.g. more epochs). Logging, evaluation, checkpointing, fault-handling and
     # input-speed fields may change on any rerun (resnet_jax/training/workdir.py FREE_FIELDS).
     config.allow_config_change = False
+    # JAX's persistent compilation cache, so that a restart loads the compiled steps: 'auto' =
+    # the user cache (~/.cache/resnet_jax/jax); any local or gs:// directory; '' = off.
+    config.compilation_cache_dir = "auto"
+    # 'first:last' (e.g. '10:15'): a jax.profiler trace of those steps in <workdir>/profile, for
+    # TensorBoard's profile plugin or XProf; '' = none.
+    config.profile_steps = ""
     return config

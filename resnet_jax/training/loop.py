@@ -25,11 +25,20 @@ from resnet_jax import parallel as par
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint
 from resnet_jax.data import presets
 from resnet_jax.models import ResNet, create_model
-from resnet_jax.training import confusion, faults, finetune, optim, steps, validate
+from resnet_jax.training import (
+    compile_cache,
+    confusion,
+    faults,
+    finetune,
+    optim,
+    steps,
+    validate,
+)
 from resnet_jax.training import workdir as workdirs
 from resnet_jax.training.evaluate import evaluate
 from resnet_jax.training.metrics import MetricWriter, ProgressBar
 from resnet_jax.training.plot import plot_curves
+from resnet_jax.training.profile import StepProfiler
 from resnet_jax.training.state import TrainState, create_train_state
 from resnet_jax.training.workdir import CONFIG_FILE
 
@@ -73,6 +82,7 @@ class _Run:
     ckpt: Checkpointer | None
     writer: MetricWriter
     progress: ProgressBar
+    profiler: StepProfiler
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -88,6 +98,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             result = _train(run, watcher)
             result["confusion"] = confusion.write_final(run, result)
         finally:
+            run.profiler.stop()
             run.progress.close()
             if run.ckpt is not None:
                 run.ckpt.close()  # Waits for the asynchronous saves.
@@ -142,6 +153,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
             f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
 
+    compile_cache.enable(config.compilation_cache_dir)
     preset = presets.data_preset(pipeline.with_defaults(config.data))  # for uint8 batches
     train_fn = steps.compile_train_step(
         parallel,
@@ -184,6 +196,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
             workdir, enabled=is_main, tensorboard=config.tensorboard, resume_step=start_step
         ),
         progress=progress,
+        profiler=StepProfiler(config.profile_steps, workdir),
     )
 
 
@@ -211,7 +224,9 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
     run_start = time.perf_counter()
     step = start_step
     for step in range(start_step + 1, run.total_steps + 1):
+        run.profiler.before(step)
         state, metrics = run.train_fn(state, next(batches))
+        run.profiler.after(step, (state, metrics))
         window.add(metrics)
         if step == start_step + 1:  # Keep the compile out of the throughput numbers.
             jax.block_until_ready(metrics)

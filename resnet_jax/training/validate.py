@@ -15,6 +15,7 @@ from resnet_jax.data.presets import IMAGE_DTYPES
 from resnet_jax.models import list_models, model_spec
 from resnet_jax.parallel import MODES, check_batch_size
 from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES
+from resnet_jax.training.profile import parse_steps
 
 DTYPES = ("float32", "bfloat16", "float16")
 NONFINITE = ("stop", "skip")
@@ -63,6 +64,10 @@ def check_config(
         errors.append(
             f"preemption_check_every_steps={config.preemption_check_every_steps} must be >= 1."
         )
+    try:
+        parse_steps(config.profile_steps)
+    except ValueError as e:
+        errors.append(str(e))
     if not 0.0 <= config.label_smoothing < 1.0:
         errors.append(f"label_smoothing={config.label_smoothing} must be in [0, 1).")
     for what in ("batch_size", "eval_batch_size"):

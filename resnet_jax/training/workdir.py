@@ -44,6 +44,8 @@ FREE_FIELDS = frozenset(
         "tensorboard",
         "plot",
         "confusion_matrix_max_classes",
+        "compilation_cache_dir",
+        "profile_steps",
         "parallelism",
         "multihost",
         "model.remat",
