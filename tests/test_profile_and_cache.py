@@ -7,7 +7,9 @@ import sys
 import jax
 import numpy as np
 import pytest
-from test_faults import REPO, host_leaves, tiny_config
+from recipes import REPO
+from recipes import tiny_synthetic_config as tiny_config
+from test_faults import host_leaves
 
 from resnet_jax.training import compile_cache, train_and_evaluate
 from resnet_jax.training.profile import parse_steps
