@@ -19,6 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from resnet_jax.data import preprocess  # noqa: F401  (hides GPUs from TF on import)
+from resnet_jax.data.prepare import prepare_command
 from resnet_jax.data.shards import even_shard, train_shard
 
 Example = dict[str, tf.Tensor]
@@ -130,7 +131,7 @@ def _manual_dir(config: Any, builder: Any) -> str:
 def _manual_files_message(config: Any, builder: Any, error: Exception) -> str:
     manual_dir = _manual_dir(config, builder)
     data_dir = str(builder.data_dir_root)
-    command = f"tfds build {builder.name} --data_dir={data_dir} --manual_dir={manual_dir}"
+    command = prepare_command(builder.name, data_dir, manual_dir)
     if builder.name == "imagenet2012":
         return (
             "ImageNet (imagenet2012) cannot be downloaded automatically. Download "
@@ -181,8 +182,8 @@ def tfds_builder(config: Any) -> Any:
     if not config.get("download", True) and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
         raise FileNotFoundError(
             f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir_root} and "
-            f"data.download is False. Prepare it with: tfds build {builder.name} "
-            f"--data_dir={builder.data_dir_root}"
+            "data.download is False. Prepare it with: "
+            f"{prepare_command(builder.name, builder.data_dir_root)}"
         )
     download_config = tfds.download.DownloadConfig(manual_dir=config.get("manual_dir"))
     try:
