@@ -278,6 +278,7 @@ class JaxTrainRunner:
         device = self._parallel.devices[0]
         return {
             **built.info,
+            "arch": f"resnet-jax {cfg.model}",
             "precision": cfg.precision,
             "feed": self.feed,
             "host_sync": self.host_sync,
@@ -344,6 +345,7 @@ class JaxInferRunner:
             "peak_flops": peak_flops(device.device_kind, cfg.precision),
             "compiled_memory": compiled_memory(self._fn),
             "device_peak_bytes": device_peak_bytes(device),
+            "arch": f"resnet-jax {cfg.model}",
             "precision": cfg.precision,
             "plain_convs": cfg.plain_convs,
             "xla_compiler_options": _options(cfg, "forward", device.platform),

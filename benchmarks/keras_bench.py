@@ -88,6 +88,7 @@ class _KerasRunner:
             "flops_per_image": flops / self.batch_size if flops else None,
             "peak_flops": peak_flops(self._device.device_kind, self.precision),
             "compiled_memory": compiled_memory(self._fn),
+            "arch": "keras.applications ResNet50 (v1)",
             "precision": self.precision,
             "api": self.api,
         }

@@ -9,7 +9,8 @@ as the paper does. Paper test errors: 8.75 / 7.51 / 7.17 / 6.97 / 6.43 %.
     python train.py --config=configs/cifar10_resnet.py --config.model.name=resnet110 ...
 
 CIFAR-10 comes from TFDS: add ``--config.data.download=True`` to the first run to download it
-(160 MB), or prepare it beforehand with ``tfds build cifar10 --data_dir=DIR``.
+(160 MB), or prepare it beforehand with
+``python -m resnet_jax.data.prepare cifar10 --data_dir=DIR``.
 """
 
 import ml_collections

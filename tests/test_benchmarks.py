@@ -11,40 +11,17 @@ from benchmarks import common, report, run
 from benchmarks.jax_bench import compiled_flops, compiled_memory, count_all_reduces
 from resnet_jax import platform
 
+# --tiny sets every size and count; only the frameworks and ablations are chosen here.
 SMOKE_ARGS = [
     "--suite",
     "cpu",
     "--tiny",
-    "--model",
-    "resnet18",
-    "--image-size",
-    "32",
-    "--batch-size",
-    "2",
-    "--steps",
-    "1",
-    "--windows",
-    "2",
-    "--warmup",
-    "1",
     "--frameworks",
     "jax,jax_xla_defaults,jax_plain_convs,torch",
-    "--precisions",
-    "bf16",
-    "--fast-batch-size",
-    "2",
     "--fast-variants",
     "baseline,host_sync,prefetch,prefetch_uint8,forward_options",
     "--scaling-devices",
     "2",
-    "--scaling-batch-size",
-    "1",
-    "--scaling-image-size",
-    "32",
-    "--input-images",
-    "8",
-    "--input-batches",
-    "1",
 ]
 
 
@@ -67,6 +44,14 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
     assert "node" not in json.dumps(results["hardware"]).lower()
     assert results["versions"]["jax"] == jax.__version__
     assert len(results["load_average_start"]) == 3
+    settings = results["settings"]
+    assert (settings["model"], settings["num_classes"], settings["image_size"]) == (
+        "resnet18",
+        10,
+        32,
+    )
+    assert (settings["batch_size"], settings["steps"], settings["windows"]) == (2, 1, 2)
+    assert settings["precisions"] == ["bf16"] and settings["tiny"] is True
 
     for task in ("train", "inference"):
         rows = results["compare"][task]["bf16"]
@@ -75,6 +60,10 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
             r["images_per_sec"] > 0 and len(r["window_images_per_sec"]) == 2 for r in rows.values()
         )
         assert rows["jax"]["flops_per_image"] > 0
+        # Every framework ran the same network, so ratios and the copied FLOPs are fair.
+        assert {r["arch"] for r in rows.values()} == {"resnet-jax resnet18", "torchvision resnet18"}
+        assert rows["torch"]["flops_per_image"] == rows["jax"]["flops_per_image"]
+        assert rows["torch"]["flops_source"].startswith("resnet-jax resnet18 ")
         assert rows["jax"]["mfu"] is None  # CPU: no peak FLOP/s known.
         assert results["ratios"][task]["bf16"]["jax/torch"] > 0
         assert results["ratios"][task]["bf16"]["jax/jax_xla_defaults"] > 0
@@ -108,9 +97,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
     (row,) = results["scaling"]["rows"]
     assert row["devices"] == 2 and row["global_batch"] == 2 and row["images_per_sec"] > 0
     assert "not a speedup" in results["scaling"]["note"]
-    assert [t["name"] for t in results["targets"]] == [
-        "CPU inference bf16: resnet-jax / PyTorch eager"
-    ]
+    assert results["targets"] == []  # A smoke run measures nothing worth a verdict.
 
     md = open(md_path).read()
     for heading in (
@@ -119,10 +106,47 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
         "## Make it fast",
         "## Input pipeline",
         "## Scaling",
-        "## Targets",
     ):
         assert heading in md
+    assert "## Targets" not in md and "resnet18 at 32x32, batch 2" in md
     assert "| train | bf16 |" in md
+
+
+def test_tiny_sets_a_small_run_of_one_network_and_full_runs_keep_their_defaults():
+    tiny = run.parse_args(["--suite", "cpu", "--tiny"])
+    assert (tiny.model, tiny.image_size, tiny.batch_size, tiny.steps, tiny.windows) == (
+        "resnet18",
+        32,
+        2,
+        1,
+        2,
+    )
+    assert (tiny.frameworks, tiny.precisions, tiny.fast_batch_size) == ("jax,torch", "bf16", 2)
+    assert (tiny.scaling_devices, tiny.scaling_image_size, tiny.input_images) == ("", 32, 8)
+    full = run.parse_args(["--suite", "cpu"])
+    assert (full.model, full.image_size, full.batch_size, full.precisions) == (
+        "resnet50",
+        224,
+        32,
+        "bf16,fp32",
+    )
+    assert full.frameworks == run.SUITES["cpu"]["frameworks"]
+    assert full.fast_variants == ",".join(run.FAST_VARIANTS)
+    assert run.parse_args(["--suite", "tpu", "--tiny"]).frameworks == "jax"
+
+
+def test_targets_are_checked_on_full_runs_only():
+    results = {"ratios": {"inference": {"bf16": {"jax/torch": 1.25}}}}
+    full = run.parse_args(["--suite", "cpu"])
+    assert run._targets(full, results) == [
+        {
+            "name": "CPU inference bf16: resnet-jax / PyTorch eager",
+            "value": 1.25,
+            "goal": ">= 1.0",
+            "met": True,
+        }
+    ]
+    assert run._targets(run.parse_args(["--suite", "cpu", "--tiny"]), results) == []
 
 
 @pytest.mark.parametrize(

@@ -1,5 +1,10 @@
 """ImageNet through TFDS: the mocked builder and the real builder on miniature ILSVRC tars."""
 
+import pathlib
+import shlex
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -10,8 +15,15 @@ from resnet_jax.data import pipeline, testing  # noqa: E402
 
 def _config(data_dir, **overrides):
     config = pipeline.default_data_config()
-    config.update(dict(dataset="imagenet2012", data_dir=str(data_dir), image_size=32,
-                       private_threads=0, shuffle_buffer=64))
+    config.update(
+        dict(
+            dataset="imagenet2012",
+            data_dir=str(data_dir),
+            image_size=32,
+            private_threads=0,
+            shuffle_buffer=64,
+        )
+    )
     config.update(overrides)
     return config
 
@@ -25,9 +37,11 @@ def test_mocked_imagenet_gives_batches_of_the_right_shape_and_range(tmp_path):
             config, global_batch_size=4, seed=0, process_index=0, process_count=1
         )
         batches = [next(train) for _ in range(3)]  # Crosses the 10-example epoch boundary.
-        evals = list(pipeline.create_eval_iterator(
-            config, global_batch_size=4, process_index=0, process_count=1
-        ))
+        evals = list(
+            pipeline.create_eval_iterator(
+                config, global_batch_size=4, process_index=0, process_count=1
+            )
+        )
     for b in batches:
         assert b["image"].shape == (4, 32, 32, 3) and b["image"].dtype == np.float32
         assert b["label"].dtype == np.int32 and ((0 <= b["label"]) & (b["label"] < 1000)).all()
@@ -61,8 +75,11 @@ def test_real_imagenet_train_and_eval_iterators(mini_imagenet):
     batch = next(train)
     assert batch["image"].shape == (8, 32, 32, 3) and set(batch["label"]) <= synset_ids
     evals = [
-        list(pipeline.create_eval_iterator(config, global_batch_size=4, process_index=p,
-                                           process_count=2))
+        list(
+            pipeline.create_eval_iterator(
+                config, global_batch_size=4, process_index=p, process_count=2
+            )
+        )
         for p in range(2)
     ]
     assert len(evals[0]) == len(evals[1]) == 2  # 3 examples per process, 2 per batch.
@@ -89,4 +106,42 @@ def test_missing_imagenet_files_say_where_tfds_expects_them(tmp_path):
     message = str(error.value)
     assert str(tmp_path / "downloads" / "manual") in message
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
-    assert "tfds build imagenet2012" in message
+    assert _readme_command(tmp_path) in message
+
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _readme_command(data_dir) -> str:
+    """The README's ImageNet preparation command, with its /data/tfds moved to ``data_dir``."""
+    lines = (REPO / "README.md").read_text().splitlines()
+    start = next(i for i, line in enumerate(lines) if "ImageNet must be prepared once" in line)
+    command = next(line for line in lines[start:] if "imagenet2012 --data_dir=" in line)
+    return command.strip().replace("/data/tfds", str(data_dir))
+
+
+def test_the_readme_command_prepares_imagenet_from_the_manual_tars(tmp_path):
+    mini = testing.write_mini_ilsvrc(
+        tmp_path / "downloads" / "manual", num_val=5, train_per_class=2
+    )
+    argv = shlex.split(_readme_command(tmp_path))
+    assert argv[:3] == ["python", "-m", "resnet_jax.data.prepare"]
+    done = subprocess.run([sys.executable, *argv[1:]], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Prepared imagenet2012 in {tmp_path}" in done.stdout
+    assert f"train: {mini.num_train}, validation: {mini.num_val}" in done.stdout
+    (prepared,) = (tmp_path / "imagenet2012").glob("*/dataset_info.json")
+    splits = tfds.builder_from_directory(str(prepared.parent)).info.splits
+    # The 5 val images have 5 classes, each with 2 training images.
+    assert (splits["train"].num_examples, splits["validation"].num_examples) == (10, 5)
+
+
+def test_prepare_without_the_tars_names_them_and_fails(tmp_path, capsys):
+    from resnet_jax.data import prepare
+
+    assert prepare.main(["imagenet2012", f"--data_dir={tmp_path}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ImageNet (imagenet2012) cannot be downloaded automatically")
+    assert "Traceback" not in err and "ILSVRC2012_img_train.tar" in err
+    assert _readme_command(tmp_path) in err
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.tfrecord*"))

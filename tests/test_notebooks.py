@@ -3,15 +3,18 @@
 Execution uses the notebooks' smoke mode (``RESNET_JAX_SMOKE=1``): no network (random weights,
 scikit-learn's bundled digits), small sizes, the CPU. Every code cell runs, as on Colab; only
 sizes and data sources differ. The notebooks' ``%pip install`` cells run offline: they must
-find everything installed already (``pip install -e '.[test]'``).
+find everything installed already (``pip install -e '.[test]'``), and a failed install stops
+the notebook.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
 import json
+import os
 import pathlib
 import re
+import site
 import subprocess
 import sys
 import time
@@ -73,25 +76,39 @@ def test_readme_links_notebook_with_open_in_colab_badge(path):
 
 
 def _kernel_python(root: pathlib.Path) -> str:
-    """An interpreter with resnet-jax installed: this one, or else a throwaway virtual
-    environment over this one's packages with this checkout installed in editable mode (so
-    the notebooks' offline ``%pip install resnet-jax`` finds it and nothing else changes)."""
+    """An interpreter with resnet-jax installed: this one, or else ``_venv_over_this_python``."""
     try:
         importlib.metadata.distribution("resnet-jax")
         return sys.executable
     except importlib.metadata.PackageNotFoundError:
-        pass
-    venv = root / "venv"
-    subprocess.run(
-        [sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)],
-        check=True,
-    )
+        return _venv_over_this_python(root / "venv")
+
+
+def _venv_over_this_python(venv: pathlib.Path) -> str:
+    """A throwaway virtual environment that sees this interpreter's packages, with this
+    checkout installed in editable mode (so the notebooks' offline ``%pip install resnet-jax``
+    finds it and nothing else changes). ``venv --system-site-packages`` would not do: run from a
+    virtual environment, it sees the base interpreter's packages, not this environment's."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
+    own = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    ours = [
+        *site.getsitepackages(),
+        *([site.getusersitepackages()] if site.ENABLE_USER_SITE else []),
+    ]
+    # addsitedir (not a bare path) also runs those folders' own .pth files (editable installs).
+    lines = [f"import site; site.addsitedir({d!r})\n" for d in ours if os.path.isdir(d)]
+    (pathlib.Path(own) / "_parent_site_packages.pth").write_text("".join(lines))
     install = [python, "-m", "pip", "install", "-q", "--no-index", "--no-deps"]
     install += ["--no-build-isolation", "-e", str(REPO)]
     done = subprocess.run(install, capture_output=True, text=True)
     if done.returncode:
-        pytest.skip(f"Could not install this checkout for the notebook kernel:\n{done.stderr}")
+        pytest.fail(f"Could not install this checkout for the notebook kernel:\n{done.stderr}")
     return python
 
 
@@ -160,6 +177,46 @@ def smoke_env(monkeypatch, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     return work
+
+
+def test_fallback_kernel_environment_sees_this_interpreters_packages(tmp_path):
+    python = _venv_over_this_python(tmp_path / "venv")
+    probe = (
+        "import json, sys, importlib.metadata as m, ipykernel, nbclient, resnet_jax; "
+        "print(json.dumps([sys.prefix, sys.path, m.version('resnet-jax'), resnet_jax.__file__]))"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [python, "-c", probe], env=env, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    prefix, path, version, module = json.loads(done.stdout)
+    assert prefix == str(tmp_path / "venv") and version == importlib.metadata.version("resnet-jax")
+    assert [d for d in site.getsitepackages() if os.path.isdir(d) and d not in path] == []
+    assert module == str(REPO / "resnet_jax" / "__init__.py")
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_install_cell_raises_when_pip_fails(path):
+    source = _cell(_read(path), "install").source
+    pip = source.index("%pip install -q {pip_args}\n")
+    guard = 'if globals().get("_exit_code"):\n    raise RuntimeError('
+    assert source.index(guard) > pip, "the install cell must stop the notebook when %pip fails"
+
+
+def test_a_failed_pip_install_stops_the_notebook(smoke_env, kernel_dir, monkeypatch):
+    from nbclient.exceptions import CellExecutionError
+
+    monkeypatch.setenv("RESNET_JAX_PACKAGE", "resnet-jax-on-no-index")
+    nb = _read(COLAB / "train_resnet50_colab_tpu.ipynb")
+    nb.cells = [_cell(nb, "settings"), _cell(nb, "install")]
+    path = smoke_env / "install_only.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(CellExecutionError) as error:
+        _run(path, smoke_env, kernel_dir)
+    assert error.value.ename == "RuntimeError"
+    assert error.value.evalue.startswith("pip install --no-index resnet-jax-on-no-index ")
+    assert error.value.evalue.endswith(" failed (exit status 1).")
 
 
 def test_train_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):

@@ -144,8 +144,9 @@ def test_an_unprepared_tfds_dataset_says_how_to_get_it_without_downloading(
         train_and_evaluate(config, str(workdir))
     assert str(error.value) == (
         f"data ({dataset!r}): TFDS dataset {dataset!r} is not prepared in {data_dir}: download "
-        f"and prepare it once with `tfds build {dataset} --data_dir={data_dir}`, or rerun with "
-        "--config.data.download=True to let the run download it (needs network)."
+        f"and prepare it once with `python -m resnet_jax.data.prepare {dataset} "
+        f"--data_dir={data_dir}`, or rerun with --config.data.download=True to let the run "
+        "download it (needs network)."
     )
     assert os.listdir(tmp_path) == ["tfds"] and os.listdir(data_dir) == []
 

@@ -106,7 +106,7 @@ def test_missing_imagenet_says_where_the_tars_go_and_how_to_prepare(no_compile, 
     message = str(error.value)
     assert "ILSVRC2012_img_train.tar" in message and "ILSVRC2012_img_val.tar" in message
     assert str(tmp_path / "tfds" / "downloads" / "manual") in message
-    assert "tfds build imagenet2012" in message
+    assert "python -m resnet_jax.data.prepare imagenet2012" in message
 
 
 def test_impossible_schedule_and_tiny_images_are_rejected():

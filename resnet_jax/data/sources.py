@@ -20,6 +20,7 @@ from absl import logging
 from etils import epath
 
 from resnet_jax.data import preprocess  # noqa: F401  (hides GPUs from TF on import)
+from resnet_jax.data.prepare import prepare_command
 from resnet_jax.data.shards import even_shard, train_shard
 
 Example = dict[str, tf.Tensor]
@@ -131,7 +132,7 @@ def _manual_dir(config: Any, builder: Any) -> str:
 def _manual_files_message(config: Any, builder: Any, error: Exception) -> str:
     manual_dir = _manual_dir(config, builder)
     data_dir = str(builder.data_dir_root)
-    command = f"tfds build {builder.name} --data_dir={data_dir} --manual_dir={manual_dir}"
+    command = prepare_command(builder.name, data_dir, manual_dir)
     if builder.name == "imagenet2012":
         return (
             "ImageNet (imagenet2012) cannot be downloaded automatically. Download "
@@ -186,11 +187,11 @@ def tfds_builder(config: Any) -> Any:
     if builder.is_prepared():
         return builder
     if not config.get("download", False) and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
+        command = prepare_command(builder.name, builder.data_dir_root)
         raise FileNotFoundError(
             f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir_root}: "
-            f"download and prepare it once with `tfds build {config.dataset} "
-            f"--data_dir={builder.data_dir_root}`, or rerun with --config.data.download=True "
-            "to let the run download it (needs network)."
+            f"download and prepare it once with `{command}`, or rerun with "
+            "--config.data.download=True to let the run download it (needs network)."
         )
     download_config = tfds.download.DownloadConfig(manual_dir=config.get("manual_dir"))
     try:
