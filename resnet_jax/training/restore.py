@@ -1,8 +1,8 @@
 """What a training run left in its workdir, loaded back on one device for use elsewhere.
 
-``load_trained(workdir)`` gives the model, the latest checkpoint's variables, the eval
-preprocessing of the run and the class names: what ``resnet_jax.predict`` needs, and what
-fine-tuning starts from (``config.init_from=WORKDIR``).
+The latest checkpoint's variables and the run's config, model and eval preprocessing: what
+``resnet_jax.inference`` builds a predictor from, and what fine-tuning starts from
+(``config.init_from=WORKDIR``).
 """
 
 from __future__ import annotations
@@ -106,13 +106,3 @@ def preset_from_config(config: ml_collections.ConfigDict) -> Preset:
     if data.eval_preprocess == "resize":
         preset = dataclasses.replace(preset, resize=preset.crop, resize_mode="squash")
     return preset
-
-
-def load_trained(workdir: str | os.PathLike) -> tuple[ResNet, dict[str, Any], Preset, Any]:
-    """(model, {'params', 'batch_stats'}, preset, class names or None) of a training workdir."""
-    config = read_config(workdir)
-    variables, meta = load_variables(workdir)
-    num_classes = int(meta.get("num_classes") or variables["params"]["fc"]["kernel"].shape[-1])
-    names = meta.get("class_names")
-    model = model_from_config(config, num_classes)
-    return model, variables, preset_from_config(config), tuple(names) if names else None
