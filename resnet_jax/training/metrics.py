@@ -1,7 +1,5 @@
-"""Where metrics go: JSON lines, TensorBoard event files and a one-line console progress bar.
-
-The TensorBoard writer emits event records with the protos shipped by the ``tensorboard``
-package, so logging needs neither TensorFlow nor a TF import on accelerator images.
+"""Where metrics go: JSON lines, TensorBoard event files (tensorboardX, no TensorFlow needed)
+and a one-line console progress bar (tqdm).
 """
 
 from __future__ import annotations
@@ -9,13 +7,11 @@ from __future__ import annotations
 import json
 import math
 import os
-import socket
-import struct
 import sys
-import time
 from typing import Any, TextIO
 
 from absl import logging
+from tqdm import tqdm
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
@@ -28,39 +24,6 @@ def read_metrics(workdir: str) -> list[dict[str, Any]]:
         return []
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
-
-
-class TensorBoardWriter:
-    """Scalar summaries in an ``events.out.tfevents.*`` file, readable by TensorBoard."""
-
-    def __init__(self, logdir: str) -> None:
-        from tensorboard.compat.proto import event_pb2, summary_pb2
-        from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
-
-        self._event_pb2, self._summary_pb2, self._crc = event_pb2, summary_pb2, masked_crc32c
-        os.makedirs(logdir, exist_ok=True)
-        name = f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}"
-        self._file = open(os.path.join(logdir, name), "ab")
-        self._write(self._event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2"))
-
-    def _write(self, event: Any) -> None:
-        data = event.SerializeToString()
-        header = struct.pack("<Q", len(data))
-        self._file.write(header + struct.pack("<I", self._crc(header)))
-        self._file.write(data + struct.pack("<I", self._crc(data)))
-
-    def scalars(self, step: int, values: dict[str, float]) -> None:
-        summary = self._summary_pb2.Summary(
-            value=[
-                self._summary_pb2.Summary.Value(tag=k, simple_value=float(v))
-                for k, v in values.items()
-            ]
-        )
-        self._write(self._event_pb2.Event(wall_time=time.time(), step=int(step), summary=summary))
-        self._file.flush()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 def drop_rows_after(workdir: str, step: int) -> int:
@@ -113,7 +76,7 @@ class MetricWriter:
     ) -> None:
         self.enabled = enabled
         self._jsonl: TextIO | None = None
-        self._tb: TensorBoardWriter | None = None
+        self._tb: Any = None  # A tensorboardX SummaryWriter.
         self._recorded: set[tuple[str, int]] = set()
         if not enabled:
             return
@@ -130,10 +93,14 @@ class MetricWriter:
         self._recorded = {(r["split"], int(r["step"])) for r in read_metrics(workdir)}
         self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
         if tensorboard:
-            try:
-                self._tb = TensorBoardWriter(os.path.join(workdir, TENSORBOARD_DIR))
-            except ImportError:  # tensorboard not installed: JSON lines only.
-                self._tb = None
+            from tensorboardX import SummaryWriter  # Imported when used: it imports torch if found.
+
+            # events.out.tfevents.<time>.<host>.<pid>, written by a thread that flushes each second.
+            self._tb = SummaryWriter(
+                os.path.join(workdir, TENSORBOARD_DIR),
+                flush_secs=1,
+                filename_suffix=f".{os.getpid()}",
+            )
 
     def write(self, split: str, step: int, values: dict[str, float]) -> None:
         """One row: ``{'split', 'step', **values}``; TensorBoard tags are ``split/name``."""
@@ -145,8 +112,9 @@ class MetricWriter:
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
         if self._tb is not None:
-            numeric = {f"{split}/{k}": v for k, v in row.items() if k not in ("split", "step")}
-            self._tb.scalars(step, {k: v for k, v in numeric.items() if isinstance(v, float)})
+            for k, v in row.items():
+                if k not in ("split", "step") and isinstance(v, float):
+                    self._tb.add_scalar(f"{split}/{k}", v, int(step))
 
     def close(self) -> None:
         if self._jsonl is not None:
@@ -162,62 +130,52 @@ def _plain(v: Any) -> Any:
         return v
 
 
-class ProgressBar:
-    """``step/total [#####.....] loss top1 img/s ETA`` on one console line.
+BAR_FORMAT = "{n_fmt}/{total_fmt} [{bar:20}]{postfix}"
 
-    Redraws in place on a terminal; elsewhere (CI logs) prints one line per update.
+
+class ProgressBar:
+    """``step/total [#####.....], loss=.., top1=.., lr=.., img/s=.., ETA=..`` on one line.
+
+    On a terminal tqdm redraws it in place; elsewhere (CI logs, pipes) each update is a line.
     """
 
     def __init__(self, total: int, *, enabled: bool = True, stream: TextIO | None = None) -> None:
         self.total = total
         self.enabled = enabled
         self.stream = stream or sys.stdout
-        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
-        self._width = 0
+        self.interactive = enabled and bool(getattr(self.stream, "isatty", lambda: False)())
+        self._bar = tqdm(
+            total=total,
+            file=self.stream,
+            bar_format=BAR_FORMAT,
+            ascii=".#",
+            mininterval=0,
+            miniters=1,
+            dynamic_ncols=True,
+            disable=not self.interactive,
+        )
 
     def update(self, step: int, *, eta_s: float | None = None, **fields: float) -> None:
         if not self.enabled:
             return
-        frac = min(step / max(self.total, 1), 1.0)
-        bar = "#" * int(20 * frac) + "." * (20 - int(20 * frac))
-        parts = [f"{step}/{self.total} [{bar}]"]
-        parts += [f"{k} {_fmt(v)}" for k, v in fields.items()]
+        values = {k: tqdm.format_num(v) for k, v in fields.items()}
         if eta_s is not None and math.isfinite(eta_s):
-            parts.append(f"ETA {_duration(eta_s)}")
-        line = "  ".join(parts)
+            values["ETA"] = tqdm.format_interval(eta_s)
+        postfix = ", ".join(f"{k}={v}" for k, v in values.items())
         if self.interactive:
-            pad = max(self._width - len(line), 0)
-            self.stream.write("\r" + line + " " * pad)
-            self._width = len(line)
+            self._bar.set_postfix_str(postfix, refresh=False)
+            self._bar.update(step - self._bar.n)
         else:
-            self.stream.write(line + "\n")
-        self.stream.flush()
+            line = tqdm.format_meter(
+                step, self.total, 0, ascii=".#", bar_format=BAR_FORMAT, postfix=postfix
+            )
+            self.message(line)
 
     def message(self, text: str) -> None:
-        """A line of its own (an eval result) without breaking the bar."""
-        if not self.enabled:
-            return
-        if self.interactive and self._width:
-            self.stream.write("\n")
-            self._width = 0
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        """A line of its own (an eval result) above the bar."""
+        if self.enabled:
+            tqdm.write(text, file=self.stream)
+            self.stream.flush()
 
     def close(self) -> None:
-        if self.enabled and self.interactive and self._width:
-            self.stream.write("\n")
-            self.stream.flush()
-            self._width = 0
-
-
-def _fmt(v: float) -> str:
-    if isinstance(v, int):
-        return str(v)
-    return f"{v:.4g}" if abs(v) < 1e4 else f"{v:.0f}"
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds)
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+        self._bar.close()
