@@ -7,8 +7,9 @@ the input pipeline replays the stream from there, so a resumed run continues exa
 
 A save is atomic: orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
 complete, so a killed writer leaves only a temporary directory, which restores ignore and
-``remove_partial`` deletes. ``meta`` also records a checksum of the state's bits; a restore
-that reads other bits, or cannot read the files at all, raises ``CheckpointReadError``.
+orbax deletes when asked to (``remove_partial``). ``meta`` also records a checksum of the
+state's bits; a restore that reads other bits, or cannot read the files at all, raises
+``CheckpointReadError``.
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 from collections.abc import Callable
 from typing import Any
 
@@ -29,7 +29,6 @@ from jax import lax
 
 STATE, META = "state", "meta"
 CHECKSUM = "_checksum"  # Key in the stored meta; removed from what restores return.
-TMP_MARKER = ".orbax-checkpoint-tmp"
 SET_ASIDE_SUFFIX = ".unreadable"
 
 
@@ -95,12 +94,26 @@ class CheckpointReadError(CheckpointError):
 
 
 class Checkpointer:
-    """An orbax ``CheckpointManager`` on ``directory`` with state + metadata items."""
+    """An orbax ``CheckpointManager`` on ``directory`` with state + metadata items.
 
-    def __init__(self, directory: str, *, keep: int = 3, async_save: bool = True) -> None:
+    ``remove_partial``: orbax deletes the temporary directories of saves that never completed
+    as it opens ``directory`` (on process 0); only for a workdir known to be this run's.
+    """
+
+    def __init__(
+        self,
+        directory: str,
+        *,
+        keep: int = 3,
+        async_save: bool = True,
+        remove_partial: bool = False,
+    ) -> None:
         self.directory = os.path.abspath(directory)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=keep,
+            enable_async_checkpointing=async_save,
+            create=True,
+            cleanup_tmp_directories=remove_partial,
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=(STATE, META)
@@ -203,17 +216,6 @@ class Checkpointer:
             )
         return None
 
-    def remove_partial(self) -> list[str]:
-        """Deletes the temporary directories of saves that never completed (process 0 only)."""
-        if jax.process_index() != 0 or not os.path.isdir(self.directory):
-            return []
-        removed = sorted(n for n in os.listdir(self.directory) if TMP_MARKER in n)
-        for name in removed:
-            shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
-        if removed:
-            logging.info("Removed unfinished checkpoint writes: %s", ", ".join(removed))
-        return removed
-
     def _read_error(self, step: int, cause: str) -> CheckpointReadError:
         cause = cause.split(" [tensorstore_spec")[0]  # Drop tensorstore's kilobytes of spec.
         cause = cause if len(cause) <= 500 else cause[:500] + "..."
@@ -240,8 +242,12 @@ class Checkpointer:
         self.manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the manager's threads."""
+        """Waits for pending saves and the removal of unfinished writes; releases the threads."""
         self.manager.wait_until_finished()
+        # orbax >= 0.11.32 removes them in a thread that only a save waits for, not close().
+        cleanup = getattr(self.manager, "_cleanup_tmp_directory_future", None)
+        if cleanup is not None:
+            cleanup.result()
         self.manager.close()
 
 

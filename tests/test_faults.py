@@ -144,12 +144,18 @@ def test_another_models_checkpoint_stops_before_training_and_changes_nothing(str
 def test_partial_writes_are_never_restored_and_are_removed_on_resume(straight, tmp_path):
     workdir = tmp_path / "work"
     shutil.copytree(straight[0], workdir)
-    partial = workdir / "checkpoints" / f"8{checkpoint.TMP_MARKER}-1700000000"
+    partial = workdir / "checkpoints" / "8.orbax-checkpoint-tmp-1700000000"
     shutil.copytree(workdir / "checkpoints" / "6", partial)
     (partial / "state" / "_METADATA").write_text("{")  # Half written.
     ckpt = checkpoint.Checkpointer(str(workdir / "checkpoints"))
     assert ckpt.latest_step() == 6
     ckpt.close()
+    before = tree_digest(workdir)
+    other_model = tiny_config()
+    other_model.model.name = "resnet32"
+    with pytest.raises(checkpoint.CheckpointError, match="nothing was deleted"):
+        train_and_evaluate(other_model, str(workdir))
+    assert tree_digest(workdir) == before  # Not this run's workdir: the partial write stays.
     result = train_and_evaluate(tiny_config(), str(workdir))  # Restores 6: nothing to train.
     assert result["step"] == TOTAL
     assert not partial.exists()

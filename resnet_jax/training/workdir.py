@@ -146,14 +146,13 @@ def resume(
     """
     directory = os.path.join(workdir, CHECKPOINT_DIR)
     keep = config.keep_checkpoints
-    ckpt, found = None, None
+    found = None
     if os.path.isdir(directory):
-        ckpt = Checkpointer(directory, keep=max(keep, 1), async_save=config.async_checkpointing)
+        reader = Checkpointer(directory, async_save=False)
         try:
-            found = _restore(ckpt, state, parallel, config, fingerprint)
-        except BaseException:
-            ckpt.close()
-            raise
+            found = _restore(reader, state, parallel, config, fingerprint)
+        finally:
+            reader.close()
     if found is None:
         recorded = read_recorded_config(workdir)
         if recorded is not None:
@@ -161,14 +160,20 @@ def resume(
             check_recorded_model(recorded, config, where=where)
             check_unchanged(recorded, config, where=where)
     else:
-        ckpt.remove_partial()  # Only now: the workdir is known to hold this run's checkpoints.
         state = parallel.replicate(found)
     step = int(jax.device_get(found.step)) if found is not None else 0
-    if keep <= 0 and ckpt is not None:
+    if keep <= 0 and found is None:
+        return state, step, None
+    # Unfinished writes are removed only now: the workdir is known to hold this run's checkpoints.
+    ckpt = Checkpointer(
+        directory,
+        keep=max(keep, 1),
+        async_save=config.async_checkpointing,
+        remove_partial=found is not None,
+    )
+    if keep <= 0:  # It saves nothing; opening it removed the unfinished writes.
         ckpt.close()
         ckpt = None
-    elif keep > 0 and ckpt is None:
-        ckpt = Checkpointer(directory, keep=keep, async_save=config.async_checkpointing)
     return state, step, ckpt
 
 
