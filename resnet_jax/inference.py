@@ -147,7 +147,7 @@ def random_predictor(
 
 def load_predictor(path: str | Path, preset: str | None = None, batch_size: int = 32) -> Predictor:
     """A converted checkpoint (with its preset) or a training workdir (latest checkpoint)."""
-    from resnet_jax.convert.checkpoint import is_converted, load_converted
+    from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
     from resnet_jax.training.restore import is_workdir
 
     path = Path(path)

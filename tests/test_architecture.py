@@ -104,3 +104,18 @@ def test_package_has_no_import_cycles():
 def test_no_test_helpers_in_the_package():
     offenders = [str(p.relative_to(PACKAGE.parent)) for p in PACKAGE.rglob("*testing*.py")]
     assert not offenders, f"test helpers belong under tests/, not in the package: {offenders}"
+
+
+def test_one_name_per_concept():
+    """No two modules share a file name and no two classes a name: `checkpoint` or `Source`
+    must say which one it is without its package around it."""
+    files: dict[str, list[str]] = {}
+    classes: dict[str, list[str]] = {}
+    for name, path in _modules().items():
+        if path.name != "__init__.py":
+            files.setdefault(path.name, []).append(name)
+        for node in ast.parse(path.read_text()).body:
+            if isinstance(node, ast.ClassDef):
+                classes.setdefault(node.name, []).append(name)
+    assert {k: v for k, v in files.items() if len(v) > 1} == {}
+    assert {k: v for k, v in classes.items() if len(v) > 1} == {}
