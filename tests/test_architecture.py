@@ -10,6 +10,7 @@ is an edge to `resnet_jax.x.y` when y is a submodule, else to `resnet_jax.x` (wh
 
 import ast
 import pathlib
+import tomllib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "resnet_jax"
 
@@ -119,3 +120,19 @@ def test_one_name_per_concept():
                 classes.setdefault(node.name, []).append(name)
     assert {k: v for k, v in files.items() if len(v) > 1} == {}
     assert {k: v for k, v in classes.items() if len(v) > 1} == {}
+
+
+def test_every_command_line_is_a_console_script_and_runs_with_python_m():
+    """`python -m resnet_jax.x` and the console script of pyproject.toml call the same main."""
+    pyproject = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    scripts = pyproject["project"]["scripts"]
+    targets = {target.split(":")[0]: target.split(":")[1] for target in scripts.values()}
+    with_main_guard = {
+        name
+        for name, path in _modules().items()
+        if 'if __name__ == "__main__":' in path.read_text()
+    }
+    assert set(targets) == with_main_guard
+    for module, function in targets.items():
+        tree = ast.parse(_modules()[module].read_text())
+        assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, module
