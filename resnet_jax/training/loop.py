@@ -352,7 +352,7 @@ class _Window:
         host = jax.device_get(parallel.unreplicate(self.sums))
         elapsed = time.perf_counter() - self.start
         skipped = int(host.pop("nonfinite"))
-        out = steps.summarize(host)
+        out = steps.mean_metrics(host)
         out.pop("count")
         if skipped:
             out["nonfinite_steps"] = skipped
