@@ -238,7 +238,7 @@ def measure_numerics(plan: Plan) -> dict[str, Any]:
     import numpy as np
 
     try:
-        from resnet_jax.convert.verify import build_reference, make_inputs
+        from resnet_jax.convert.numerics import build_reference, make_inputs
     except ImportError as e:
         return {"skipped": f"reference frameworks missing: {e}"}
     from resnet_jax.models import create_model

@@ -17,7 +17,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from resnet_jax.convert.verify import SOURCES
+from resnet_jax.convert.numerics import SOURCES
 from resnet_jax.data.presets import PRESETS
 
 
@@ -72,8 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from resnet_jax.convert.checkpoint import check_target, save_converted
-    from resnet_jax.convert.verify import verify
+    from resnet_jax.convert.converted_checkpoint import check_target, save_converted
+    from resnet_jax.convert.numerics import verify
     from resnet_jax.data.presets import get_preset
 
     try:

@@ -18,7 +18,7 @@ from resnet_jax.convert import CheckpointMismatchError, KerasLayerOrderError  # 
 from resnet_jax.convert.inputs import sample_photographs  # noqa: E402
 from resnet_jax.convert.keras import from_keras  # noqa: E402
 from resnet_jax.convert.keras_layout import keras_weighted_layers  # noqa: E402
-from resnet_jax.convert.verify import build_reference, make_inputs, run_comparison  # noqa: E402
+from resnet_jax.convert.numerics import build_reference, make_inputs, run_comparison  # noqa: E402
 
 TOL = 1e-4
 # Keras's own variable -> NumPy conversions warn under NumPy 2; nothing of ours.

@@ -13,9 +13,9 @@ if importlib.util.find_spec("timm") is None:  # imported through the torchvision
 
 from resnet_jax.convert import CheckpointMismatchError, from_timm, from_torchvision  # noqa: E402
 from resnet_jax.convert.inputs import sample_photographs  # noqa: E402
+from resnet_jax.convert.numerics import build_reference, make_inputs, run_comparison  # noqa: E402
 from resnet_jax.convert.timm import published_name  # noqa: E402
 from resnet_jax.convert.torch_compat import import_timm  # noqa: E402
-from resnet_jax.convert.verify import build_reference, make_inputs, run_comparison  # noqa: E402
 
 TOL = 1e-4
 PHOTO = [p for p in sample_photographs() if p.name == "china.jpg"]

@@ -23,7 +23,7 @@ from resnet_jax.convert import (  # noqa: E402
 )
 from resnet_jax.convert.common import abstract_variables  # noqa: E402
 from resnet_jax.convert.inputs import sample_photographs  # noqa: E402
-from resnet_jax.convert.verify import build_reference, make_inputs, run_comparison  # noqa: E402
+from resnet_jax.convert.numerics import build_reference, make_inputs, run_comparison  # noqa: E402
 
 TOL = 1e-4
 PHOTO = [p for p in sample_photographs() if p.name == "china.jpg"]

@@ -20,80 +20,15 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL, EVERY, KILLS = 60, 2, 10
 LOG_STEPS = list(range(4, TOTAL + 1, 4))  # log_every_steps = 4.
 
-TINY_CONFIG = f"""
-import ml_collections
-from configs import default
-
-
-def get_config():
-    config = default.get_config()
-    config.model.name = "resnet20"
-    config.model.kwargs = ml_collections.ConfigDict(
-        {{"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8), "stem_width": 4}}
-    )
-    config.data.dataset = "synthetic"
-    config.data.image_size = 8
-    config.data.num_classes = 10
-    config.data.synthetic_size = 64
-    config.batch_size = 16
-    config.num_train_steps = {TOTAL}
-    config.optimizer.warmup_epochs = 0.0
-    config.log_every_steps = 4
-    config.eval_every_steps = -1
-    config.checkpoint_every_steps = {EVERY}
-    config.keep_checkpoints = 3
-    config.progress_bar = False
-    config.tensorboard = False
-    config.plot = False
-    return config
-"""
-
-# Runs train.py as is, after making each checkpoint commit slow (so that kills land inside
-# asynchronous writes) and reporting every save and restore with the state's checksum.
-DRIVER = """
-import asyncio, os, runpy, sys, threading
-from orbax.checkpoint._src.path import atomicity
-from resnet_jax import checkpoint
-
-delay = float(os.environ["COMMIT_DELAY_S"])
-commit = atomicity.AtomicRenameTemporaryPath.finalize
-lock = threading.Lock()
-
-
-def report(*words):
-    # One write per line under a lock: the commit thread's lines never split another's.
-    line = " ".join(str(w) for w in words) + "\\n"
-    with lock:
-        sys.stdout.write(line)
-        sys.stdout.flush()
-
-
-async def slow_commit(self):
-    report("COMMIT")
-    await asyncio.sleep(delay)
-    await commit(self)
-
-
-save, restore = checkpoint.Checkpointer.save, checkpoint.Checkpointer.restore
-
-
-def reporting_save(self, step, state, meta, **kw):
-    report("SAVE", step, checkpoint.state_checksum(state))
-    return save(self, step, state, meta, **kw)
-
-
-def reporting_restore(self, target, step=None):
-    state, meta = restore(self, target, step)
-    report("RESTORE", int(state.step), checkpoint.state_checksum(state))
-    return state, meta
-
-
-atomicity.AtomicRenameTemporaryPath.finalize = slow_commit
-checkpoint.Checkpointer.save = reporting_save
-checkpoint.Checkpointer.restore = reporting_restore
-sys.argv = ["train.py", "--config=" + sys.argv[1], "--workdir=" + sys.argv[2]]
-runpy.run_path(os.path.join(os.environ["REPO"], "train.py"), run_name="__main__")
-"""
+DRIVERS = REPO / "tests" / "drivers"
+# The tiny synthetic run of tests/recipes.py, longer, with a checkpoint every EVERY steps.
+FLAGS = [
+    "--config.data.synthetic_size=64",
+    f"--config.num_train_steps={TOTAL}",
+    "--config.log_every_steps=4",
+    f"--config.checkpoint_every_steps={EVERY}",
+    "--config.keep_checkpoints=3",
+]
 
 
 class Run:
@@ -102,7 +37,6 @@ class Run:
     def __init__(self, tmp: pathlib.Path, workdir: pathlib.Path, delay: float) -> None:
         env = {
             **os.environ,
-            "REPO": str(REPO),
             "PYTHONPATH": str(REPO),
             "JAX_PLATFORMS": "cpu",
             "JAX_NUM_CPU_DEVICES": "2",
@@ -113,7 +47,13 @@ class Run:
             "COMMIT_DELAY_S": str(delay),
         }
         self.proc = subprocess.Popen(
-            [sys.executable, str(tmp / "driver.py"), str(tmp / "tiny.py"), str(workdir)],
+            [
+                sys.executable,
+                str(DRIVERS / "crash_resume_train.py"),
+                str(DRIVERS / "tiny_config.py"),
+                str(workdir),
+                *FLAGS,
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
@@ -166,8 +106,6 @@ def train_log_steps(workdir: pathlib.Path) -> list[int]:
 @pytest.fixture(scope="module")
 def tmp(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("crash")
-    (tmp / "tiny.py").write_text(TINY_CONFIG)
-    (tmp / "driver.py").write_text(DRIVER)
     return tmp
 
 

@@ -10,7 +10,9 @@ import pytest
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
-from resnet_jax.data import pipeline, testing  # noqa: E402
+import mini_ilsvrc  # noqa: E402
+
+from resnet_jax.data import pipeline  # noqa: E402
 
 
 def _config(data_dir, **overrides):
@@ -54,7 +56,7 @@ def test_mocked_imagenet_gives_batches_of_the_right_shape_and_range(tmp_path):
 @pytest.fixture(scope="module")
 def mini_imagenet(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("tfds")
-    mini = testing.prepare_mini_imagenet(data_dir, num_val=6, train_per_class=3)
+    mini = mini_ilsvrc.prepare_mini_imagenet(data_dir, num_val=6, train_per_class=3)
     return data_dir, mini
 
 
@@ -121,7 +123,7 @@ def _readme_command(data_dir) -> str:
 
 
 def test_the_readme_command_prepares_imagenet_from_the_manual_tars(tmp_path):
-    mini = testing.write_mini_ilsvrc(
+    mini = mini_ilsvrc.write_mini_ilsvrc(
         tmp_path / "downloads" / "manual", num_val=5, train_per_class=2
     )
     argv = shlex.split(_readme_command(tmp_path))

@@ -172,7 +172,7 @@ def test_optimizer_scales_the_backbone_and_leaves_frozen_parameters_alone():
     params = jax.tree.map(lambda s: rng.standard_normal(s.shape, np.float32), shapes["params"])
     opt, lr = load_config("quickstart").optimizer, optax.constant_schedule(0.1)
     plain = optim.create_optimizer(opt, lr)
-    tx = finetune.create_optimizer(
+    tx = finetune.create_finetune_optimizer(
         opt, lr, frozen_stages=1, num_stages=3, backbone_lr_multiplier=0.25
     )
     grads = jax.tree.map(jnp.ones_like, params)
@@ -323,7 +323,7 @@ def test_a_resumed_run_keeps_its_own_weights(converted, mode):
         rng=jax.random.PRNGKey(0),
     )
     parallel = create_data_parallel(mode)
-    source = finetune.load_source(str(path))
+    source = finetune.load_pretrained(str(path))
     resumed = parallel.replicate(fresh.replace(step=jnp.ones((), jnp.int32)))
     assert finetune.initialize(config, resumed, parallel, source) is resumed
     started = finetune.initialize(config, parallel.replicate(fresh), parallel, source)

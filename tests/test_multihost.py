@@ -16,93 +16,18 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 TOTAL = 12
 
-CONFIG = f"""
-import ml_collections
-from configs import default
-
-
-def get_config():
-    config = default.get_config()
-    config.multihost = True
-    config.model.name = "resnet20"
-    config.model.kwargs = ml_collections.ConfigDict(
-        {{"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8), "stem_width": 4}}
-    )
-    config.data.dataset = "synthetic"
-    config.data.image_size = 8
-    config.data.num_classes = 10
-    config.data.synthetic_size = 256
-    config.batch_size = 32
-    config.bn_group_size = 2
-    config.num_train_steps = {TOTAL}
-    config.optimizer.warmup_epochs = 0.0
-    config.log_every_steps = 2
-    config.eval_every_steps = -1
-    config.checkpoint_every_steps = 8
-    config.keep_checkpoints = 2
-    config.preemption_check_every_steps = 2
-    config.progress_bar = False
-    config.tensorboard = False
-    config.plot = False
-    return config
-"""
-
-# train.py as is, reporting each process's first batch, the params after every step (checksum
-# of the global arrays' local copies) and every restore; steps are slowed so a signal lands.
-DRIVER = """
-import hashlib, os, runpy, sys, time
-import jax
-import numpy as np
-from resnet_jax import checkpoint, parallel
-from resnet_jax.data import pipeline
-
-compile_step = parallel.DataParallel.compile
-create_iterator = pipeline.create_train_iterator
-
-
-def reporting_compile(self, fn, *, donate_state, **kwargs):
-    compiled = compile_step(self, fn, donate_state=donate_state, **kwargs)
-    if not donate_state:
-        return compiled
-
-    def step(state, batch):
-        state, metrics = compiled(state, batch)
-        local = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), state.params)
-        print("STEP", int(local_step(state)), checkpoint.state_checksum(local), flush=True)
-        time.sleep(0.1)
-        return state, metrics
-
-    return step
-
-
-def local_step(state):
-    return np.asarray(state.step.addressable_shards[0].data)
-
-
-def reporting_iterator(config, **kw):
-    it = create_iterator(config, **kw)
-    first = next(it)
-    print("BATCH", hashlib.sha256(first["image"].tobytes()).hexdigest()[:16], flush=True)
-    yield first
-    yield from it
-
-
-restore = checkpoint.Checkpointer.restore
-
-
-def reporting_restore(self, target, step=None):
-    state, meta = restore(self, target, step)
-    local = jax.tree.map(lambda x: np.asarray(x.addressable_shards[0].data), state.params)
-    print("RESTORE", meta["step"], checkpoint.state_checksum(local), flush=True)
-    return state, meta
-
-
-parallel.DataParallel.compile = reporting_compile
-pipeline.create_train_iterator = reporting_iterator
-checkpoint.Checkpointer.restore = reporting_restore
-sys.argv = ["train.py", "--config=" + sys.argv[1], "--workdir=" + sys.argv[2]]
-runpy.run_path(os.path.join(os.environ["REPO"], "train.py"), run_name="__main__")
-"""
+DRIVERS = REPO / "tests" / "drivers"
+# The tiny synthetic run of tests/recipes.py, on two processes with BN groups of two devices.
+FLAGS = [
+    "--config.multihost=True",
+    "--config.data.synthetic_size=256",
+    "--config.batch_size=32",
+    "--config.bn_group_size=2",
+    f"--config.num_train_steps={TOTAL}",
+    "--config.checkpoint_every_steps=8",
+    "--config.keep_checkpoints=2",
+    "--config.preemption_check_every_steps=2",
+]
 
 
 def free_port() -> int:
@@ -118,7 +43,6 @@ def launch(tmp: pathlib.Path, workdir: pathlib.Path, name: str) -> list[subproce
     for i in range(2):
         env = {
             **os.environ,
-            "REPO": str(REPO),
             "PYTHONPATH": str(REPO),
             "JAX_PLATFORMS": "cpu",
             "JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo",
@@ -133,7 +57,13 @@ def launch(tmp: pathlib.Path, workdir: pathlib.Path, name: str) -> list[subproce
         log = open(tmp / f"{name}_{i}.log", "w")
         procs.append(
             subprocess.Popen(
-                [sys.executable, str(tmp / "driver.py"), str(tmp / "config.py"), str(workdir)],
+                [
+                    sys.executable,
+                    str(DRIVERS / "multihost_train.py"),
+                    str(DRIVERS / "tiny_config.py"),
+                    str(workdir),
+                    *FLAGS,
+                ],
                 env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
@@ -163,8 +93,6 @@ def wait_for_step(tmp: pathlib.Path, name: str, i: int, step: int, timeout: floa
 
 def test_two_processes_stop_together_on_sigterm_to_one_and_resume(tmp_path):
     tmp = tmp_path
-    (tmp / "config.py").write_text(CONFIG)
-    (tmp / "driver.py").write_text(DRIVER)
     workdir = tmp / "work"
 
     procs = launch(tmp, workdir, "first")

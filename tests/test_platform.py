@@ -114,7 +114,7 @@ def test_the_training_and_prediction_steps_compile_through_platform_jit(monkeypa
     assert calls[-1] == {"platform": "cpu", "program": "forward", "xla_defaults": True}
 
     from resnet_jax.data.presets import get_preset
-    from resnet_jax.predict import Predictor
+    from resnet_jax.inference import Predictor
 
     model = create_model("resnet18", num_classes=3, stem_width=8, stage_widths=(8, 8, 8, 8))
     tx = optax.sgd(0.1)

@@ -9,11 +9,11 @@ import sys
 
 import jax
 import jax.numpy as jnp
+import mini_ilsvrc
 import ml_collections
 import pytest
 import tensorflow_datasets as tfds
 
-from resnet_jax.data import testing
 from resnet_jax.training import train_and_evaluate
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -78,7 +78,7 @@ def test_imagenet_config_trains_under_mock_data(tmp_path):
 
 def test_real_imagenet_builder_prepares_mini_ilsvrc_and_trains(tmp_path):
     data_dir = tmp_path / "tfds"
-    mini = testing.write_mini_ilsvrc(
+    mini = mini_ilsvrc.write_mini_ilsvrc(
         data_dir / "downloads" / "manual", num_val=6, num_classes=3, train_per_class=4
     )
     config = small_imagenet_config(str(data_dir))

@@ -14,8 +14,7 @@ pytest.importorskip("torch")
 
 import torch  # noqa: E402
 
-import resnet_jax.convert.verify as convert_verify  # noqa: E402
-from resnet_jax.convert import import_torchvision, load_converted  # noqa: E402
+from resnet_jax.convert import import_torchvision, load_converted, numerics  # noqa: E402
 from resnet_jax.verify import main  # noqa: E402
 
 SMALL = ["--image-size", "64", "--random-inputs", "1"]
@@ -106,7 +105,7 @@ def test_module_runs_as_a_command():
 def scaled_head(factor: float, wrong: bool = False):
     """A build_reference that multiplies the fc layer by ``factor`` on both sides (logits grow,
     the conversion stays exact); ``wrong`` swaps two input channels of one converted kernel."""
-    build = convert_verify.build_reference
+    build = numerics.build_reference
 
     def build_reference(*args, **kwargs):
         reference = build(*args, **kwargs)
@@ -130,7 +129,7 @@ def figures(out: str, line_start: str) -> list[float]:
 
 
 def test_logits_in_the_hundreds_are_judged_relative_to_their_scale(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(convert_verify, "build_reference", scaled_head(560.0))
+    monkeypatch.setattr(numerics, "build_reference", scaled_head(560.0))
     code = main(["--source", "torchvision", "--model", "resnet18", *SMALL, "--save",
                  str(tmp_path / "ckpt")])  # fmt: skip
     out = capsys.readouterr().out
@@ -149,7 +148,7 @@ def test_logits_in_the_hundreds_are_judged_relative_to_their_scale(tmp_path, mon
 
 
 def test_a_wrong_conversion_with_large_logits_still_fails(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(convert_verify, "build_reference", scaled_head(560.0, wrong=True))
+    monkeypatch.setattr(numerics, "build_reference", scaled_head(560.0, wrong=True))
     code = main(["--source", "torchvision", "--model", "resnet18", *SMALL, "--save",
                  str(tmp_path / "ckpt")])  # fmt: skip
     out = capsys.readouterr().out
@@ -165,7 +164,7 @@ def test_existing_save_directory_is_refused_before_any_work(tmp_path, monkeypatc
     def no_work(*args, **kwargs):
         raise AssertionError("verify ran although --save cannot be written")
 
-    monkeypatch.setattr(convert_verify, "verify", no_work)
+    monkeypatch.setattr(numerics, "verify", no_work)
     (tmp_path / "mine.txt").write_text("keep me")
     code = main(["--source", "torchvision", "--model", "resnet18", "--save", str(tmp_path)])
     captured = capsys.readouterr()

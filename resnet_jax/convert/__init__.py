@@ -7,8 +7,8 @@ files needs h5py alone.
     variables = from_torchvision("resnet50.pth", "resnet50")
 """
 
-from resnet_jax.convert.checkpoint import load_converted, read_metadata, save_converted
 from resnet_jax.convert.common import CheckpointMismatchError
+from resnet_jax.convert.converted_checkpoint import load_converted, read_metadata, save_converted
 from resnet_jax.convert.keras import KerasLayerOrderError, from_keras
 from resnet_jax.convert.reference import WeightsDownloadError
 from resnet_jax.convert.timm import from_timm

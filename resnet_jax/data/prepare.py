@@ -11,14 +11,7 @@ Exit status: 0 prepared, 1 for errors (missing files, unknown dataset).
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-
-
-def prepare_command(name: str, data_dir: str | os.PathLike, manual_dir: str | None = None) -> str:
-    """The shell command that prepares ``name`` in ``data_dir``: what error messages print."""
-    command = f"python -m resnet_jax.data.prepare {name} --data_dir={data_dir}"
-    return f"{command} --manual_dir={manual_dir}" if manual_dir else command
 
 
 def build_parser() -> argparse.ArgumentParser:

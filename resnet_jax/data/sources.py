@@ -20,7 +20,6 @@ from absl import logging
 from etils import epath
 
 from resnet_jax.data import preprocess  # noqa: F401  (hides GPUs from TF on import)
-from resnet_jax.data.prepare import prepare_command
 from resnet_jax.data.shards import even_shard, train_shard
 
 Example = dict[str, tf.Tensor]
@@ -123,6 +122,12 @@ def unknown_dataset_message(name: str) -> str:
         "TFDS image-classification dataset with 'image' and 'label' features, such as "
         f"{', '.join(map(repr, TFDS_EXAMPLES))} (tfds.list_builders() lists them all)."
     )
+
+
+def prepare_command(name: str, data_dir: str | os.PathLike, manual_dir: str | None = None) -> str:
+    """The shell command that prepares ``name`` in ``data_dir``: what error messages print."""
+    command = f"python -m resnet_jax.data.prepare {name} --data_dir={data_dir}"
+    return f"{command} --manual_dir={manual_dir}" if manual_dir else command
 
 
 def _manual_dir(config: Any, builder: Any) -> str:

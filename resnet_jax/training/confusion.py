@@ -97,19 +97,18 @@ def plot_confusion_matrix(
 def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
     """After a finished run with evaluation, for datasets of at most
     ``config.confusion_matrix_max_classes`` classes: the matrix of the final state, its top-1
-    (printed and logged as split 'final'), JSON and PNG. None when not applicable."""
+    (printed and logged as split 'final'), JSON and PNG. None when not applicable.
+    ``run`` is the loop's record of the run: its config, dataset info, model and writers."""
     from resnet_jax.data import pipeline
-    from resnet_jax.training.loop import build_model
 
     config, info, parallel = run.config, run.info, run.parallel
     limit = config.get("confusion_matrix_max_classes", 0)
     finished = result["step"] >= run.total_steps  # Not after a preemption.
     if config.eval_every_steps < 0 or not finished or not 0 < info.num_classes <= limit:
         return None
-    model = build_model(config, info.num_classes, parallel)
     step_fn = functools.partial(
         confusion_step,
-        model=model,
+        model=run.model,
         axis_name=parallel.axis_name,
         num_classes=info.num_classes,
         preset=run.preset,

@@ -9,7 +9,7 @@ import jax
 import numpy as np
 
 from resnet_jax.parallel import DataParallel
-from resnet_jax.training.steps import summarize
+from resnet_jax.training.steps import mean_metrics
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -45,4 +45,4 @@ def evaluate(
         sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
     if sums is None:
         raise ValueError("The evaluation split yielded no batches.")
-    return summarize(jax.device_get(parallel.unreplicate(sums)))
+    return mean_metrics(jax.device_get(parallel.unreplicate(sums)))

@@ -37,7 +37,7 @@ _STAGE = re.compile(r"layer(\d+)_\d+")
 
 
 @dataclasses.dataclass(frozen=True)
-class Source:
+class PretrainedWeights:
     """Weights to start from: where they are, their architecture, variables and preprocessing."""
 
     path: str
@@ -65,9 +65,9 @@ def preset_fields(preset: presets.Preset) -> dict[str, Any]:
     }
 
 
-def load_source(path: str) -> Source:
+def load_pretrained(path: str) -> PretrainedWeights:
     """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
-    from resnet_jax.convert.checkpoint import is_converted, load_converted
+    from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
     from resnet_jax.data.pipeline import with_defaults
     from resnet_jax.training import restore
 
@@ -77,7 +77,7 @@ def load_source(path: str) -> Source:
         name, variables, meta = load_converted(path)
         fields = preset_fields(presets.Preset.from_dict(meta["preset"]))
         what = f"{name} converted from {meta.get('source')} ({meta.get('weights')})"
-        return Source(path, name, variables, fields, what)
+        return PretrainedWeights(path, name, variables, fields, what)
     if restore.is_workdir(path):
         try:
             config = restore.read_config(path)
@@ -87,7 +87,7 @@ def load_source(path: str) -> Source:
         data = with_defaults(config.data)
         fields = {k: data[k] for k in PRESET_FIELDS}
         what = f"{config.model.name} trained in {path} (step {meta.get('step')})"
-        return Source(path, config.model.name, variables, fields, what)
+        return PretrainedWeights(path, config.model.name, variables, fields, what)
     raise ConfigError(
         f"init_from={path!r} is neither a converted checkpoint (written by python -m "
         "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
@@ -102,7 +102,9 @@ def _is_head(key: str) -> bool:
     return key.split("/")[1] == HEAD
 
 
-def check_compatible(source: Source, target: Any, *, model_name: str, new_head: bool) -> None:
+def check_weights_fit(
+    source: PretrainedWeights, target: Any, *, model_name: str, new_head: bool
+) -> None:
     """Raises ConfigError listing the variables (paths, shapes) in which the source's and the
     model's ``{'params', 'batch_stats'}`` differ; the head is exempt when it is replaced."""
     src = {k: tuple(np.shape(v)) for k, v in _flat(source.variables).items()}
@@ -180,7 +182,7 @@ def param_labels(params: Any, *, frozen_stages: int, num_stages: int) -> dict[st
     return {name: label(name, sub) for name, sub in params.items()}
 
 
-def create_optimizer(
+def create_finetune_optimizer(
     opt: ml_collections.ConfigDict,
     learning_rate: optax.Schedule,
     *,
@@ -232,7 +234,7 @@ def check_settings(config: ml_collections.ConfigDict, num_stages: int) -> None:
         raise ConfigError("Invalid fine-tuning config:\n  - " + "\n  - ".join(errors))
 
 
-def _use_source_preprocessing(config: ml_collections.ConfigDict, source: Source) -> None:
+def _use_source_preprocessing(config: ml_collections.ConfigDict, source: PretrainedWeights) -> None:
     """Sets ``data.preset='init_from'`` to the source's fields; warns on other normalisation."""
     if config.data.get("preset") == FROM_SOURCE:
         for key, value in source.data_fields.items():
@@ -261,7 +263,7 @@ def prepare(
     model: ResNet,
     tx: optax.GradientTransformation,
     learning_rate: optax.Schedule,
-) -> tuple[ResNet, optax.GradientTransformation, Source | None]:
+) -> tuple[ResNet, optax.GradientTransformation, PretrainedWeights | None]:
     """(model, optimizer, source) for the run: loads and checks ``init_from`` before anything
     is written, resolves ``data.preset='init_from'``, freezes stages and partitions the
     optimizer. Without fine-tuning settings, ``model`` and ``tx`` come back unchanged."""
@@ -272,17 +274,17 @@ def prepare(
     ft = config.finetune
     source = None
     if config.init_from:
-        source = load_source(config.init_from)
+        source = load_pretrained(config.init_from)
         size = int(config.data.image_size)
         x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
         target = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-        check_compatible(source, target, model_name=config.model.name, new_head=ft.new_head)
+        check_weights_fit(source, target, model_name=config.model.name, new_head=ft.new_head)
         _use_source_preprocessing(config, source)
     frozen = frozen_stage_count(ft, num_stages)
     if frozen:
         model = model.clone(frozen_stages=frozen)
     if frozen or ft.backbone_lr_multiplier != 1.0:
-        tx = create_optimizer(
+        tx = create_finetune_optimizer(
             config.optimizer,
             learning_rate,
             frozen_stages=frozen,
@@ -314,7 +316,7 @@ def initialize(
     config: ml_collections.ConfigDict,
     state: TrainState,
     parallel: par.DataParallel,
-    source: Source | None,
+    source: PretrainedWeights | None,
 ) -> TrainState:
     """The (replicated) fresh state with the source's parameters and BN statistics, and a new
     head if configured; a state resumed from the workdir (step > 0) comes back unchanged."""

@@ -73,6 +73,7 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     parallel: par.DataParallel
+    model: ResNet  # As trained (with fine-tuning's frozen stages); the confusion matrix uses it.
     lr_fn: optax.Schedule
     preset: presets.Preset  # Normalises uint8 batches in every step that takes images.
     train_fn: Callable
@@ -185,6 +186,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         parallel=parallel,
+        model=model,
         lr_fn=lr_fn,
         preset=preset,
         train_fn=train_fn,
@@ -350,7 +352,7 @@ class _Window:
         host = jax.device_get(parallel.unreplicate(self.sums))
         elapsed = time.perf_counter() - self.start
         skipped = int(host.pop("nonfinite"))
-        out = steps.summarize(host)
+        out = steps.mean_metrics(host)
         out.pop("count")
         if skipped:
             out["nonfinite_steps"] = skipped

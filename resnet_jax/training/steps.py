@@ -172,7 +172,7 @@ def compile_eval_step(
     return parallel.compile(step, donate_state=False)
 
 
-def summarize(sums: dict[str, float]) -> dict[str, float]:
+def mean_metrics(sums: dict[str, float]) -> dict[str, float]:
     """Turns summed metrics into means over the true count (count itself is kept)."""
     count = max(float(sums["count"]), 1.0)
     out = {k: float(v) / count for k, v in sums.items() if k != "count"}

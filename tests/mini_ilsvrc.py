@@ -1,4 +1,4 @@
-"""Test data the real loaders can read offline: miniature ILSVRC-2012 archives for TFDS.
+"""Test data the real loaders read offline: miniature ILSVRC-2012 archives for TFDS.
 
 ``write_mini_ilsvrc`` writes the two tar files TFDS's ``imagenet2012`` builder expects in its
 manual_dir, laid out as the real ones are, with a handful of small JPEGs; ``prepare_mini_imagenet``

@@ -1,4 +1,5 @@
-"""Verification: build a reference in its own framework, convert it, compare block by block.
+"""Numerics check of a conversion: build a reference in its own framework, convert it, compare
+block by block.
 
 Both frameworks get the same preprocessed float32 inputs (random pixels and photographs)
 with full-precision matmuls: JAX 'highest', PyTorch without TF32.
