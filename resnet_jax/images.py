@@ -13,10 +13,11 @@ from PIL import Image, UnidentifiedImageError
 from resnet_jax.data.presets import Preset, normalize
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-_FILTERS = {
+_FILTERS = {  # Keys: presets.INTERPOLATIONS, which every Preset is checked against.
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
+    "lanczos3": Image.Resampling.LANCZOS,
 }
 
 
@@ -45,8 +46,9 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise BadImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
-def preprocess(img: Image.Image, preset: Preset) -> np.ndarray:
-    """Resize, center-crop and normalise one RGB image as the weights' own framework did."""
+def pixels(img: Image.Image, preset: Preset) -> np.ndarray:
+    """Resize and center-crop one RGB image as the weights' own framework did; uint8. The
+    tf.data eval transform (``preprocess.preset_transform``) gives the same pixels within 1."""
     resample = _FILTERS[preset.interpolation]
     w, h = img.size
     if preset.resize_mode == "squash":
@@ -62,8 +64,12 @@ def preprocess(img: Image.Image, preset: Preset) -> np.ndarray:
         top = int(round((h - preset.crop) / 2.0))
         left = int(round((w - preset.crop) / 2.0))
         img = img.crop((left, top, left + preset.crop, top + preset.crop))
-    x = np.asarray(img, dtype=np.float32)
-    return np.asarray(normalize(x, preset), dtype=np.float32)
+    return np.asarray(img)
+
+
+def preprocess(img: Image.Image, preset: Preset) -> np.ndarray:
+    """One RGB image as model inputs: ``pixels``, normalised; float32."""
+    return np.asarray(normalize(pixels(img, preset).astype(np.float32), preset), np.float32)
 
 
 def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:

@@ -81,8 +81,9 @@ def test_center_crop_equals_the_hand_computed_window():
     # rows 4..60 (round((64 - 56) / 2)) and columns 12..68 (round((80 - 56) / 2)).
     rows, cols = np.meshgrid(np.arange(64), np.arange(80), indexing="ij")
     image = np.stack([rows * 3, cols * 3, (rows + cols) % 256], -1).astype(np.uint8)
-    out = preprocess.resize_and_center_crop(tf.constant(image), resize_size=64, crop_size=56)
-    np.testing.assert_allclose(out.numpy(), image[4:60, 12:68].astype(np.float32), atol=1e-3)
+    preset = presets.Preset("hand", resize=64, crop=56)
+    out = preprocess.preset_transform(preset, "uint8")(tf.constant(image))
+    np.testing.assert_array_equal(out.numpy(), image[4:60, 12:68])
 
 
 def test_short_side_resize_truncates_the_long_side_like_torchvision():
@@ -107,18 +108,19 @@ def test_cifar_crop_is_a_shifted_copy_of_the_padded_image(pixels):
 
 def test_normalisation_matches_the_torch_convention():
     image = tf.fill([2, 2, 3], 255.0)
-    out = preprocess.normalize(image, presets.get_preset("torchvision_v1")).numpy()
+    out = preprocess.finish(image, presets.get_preset("torchvision_v1"), "float32").numpy()
     expected = (1.0 - np.array(presets.IMAGENET_MEAN)) / np.array(presets.IMAGENET_STD)
     np.testing.assert_allclose(out[0, 0], expected, rtol=1e-6)
-    caffe = preprocess.normalize(tf.zeros([1, 1, 3]), presets.get_preset("keras_caffe")).numpy()
+    caffe = preprocess.finish(tf.zeros([1, 1, 3]), presets.get_preset("keras_caffe"), "float32")
+    caffe = caffe.numpy()
     np.testing.assert_allclose(caffe[0, 0], -np.array(presets.CAFFE_BGR_MEAN), rtol=1e-6)
 
 
 def test_eval_preset_follows_crop_pct_or_the_named_preset():
     config = pipeline.default_data_config()
-    assert preprocess.eval_preset(config).resize == 256  # int(224 / 0.875)
+    assert presets.data_preset(config).resize == 256  # int(224 / 0.875)
     config.preset = "timm_rsb"
-    preset = preprocess.eval_preset(config)
+    preset = presets.data_preset(config)
     assert (preset.resize, preset.crop, preset.interpolation) == (235, 224, "bicubic")
 
 
@@ -153,9 +155,11 @@ def test_eval_transforms_match_eagerly_and_inside_tf_data(pixels, kind):
 def test_keras_presets_squash_the_whole_image_to_the_crop(pixels):
     config = _config(preset="keras_caffe", eval_preprocess="center_crop")
     out = preprocess.make_eval_transform(config)(tf.constant(pixels)).numpy()
-    squashed = tf.image.resize(pixels.astype(np.float32), (24, 24), method="nearest").numpy()
-    np.testing.assert_allclose(out, squashed[..., ::-1] - np.array(presets.CAFFE_BGR_MEAN),
-                               atol=1e-4)
+    # keras.utils.load_img(target_size=...) is Pillow's NEAREST resize.
+    squashed = np.asarray(Image.fromarray(pixels).resize((24, 24), Image.Resampling.NEAREST))
+    np.testing.assert_allclose(
+        out, squashed[..., ::-1] - np.array(presets.CAFFE_BGR_MEAN), atol=1e-4
+    )
 
 
 def test_unknown_preprocess_names_list_the_choices():

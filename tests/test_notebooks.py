@@ -26,17 +26,13 @@ nbformat = pytest.importorskip("nbformat")
 REPO = pathlib.Path(__file__).resolve().parents[1]
 COLAB = REPO / "colab"
 NOTEBOOKS = sorted(COLAB.glob("*.ipynb"))
-GITHUB = "resnet-jax/resnet-jax"
-BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+# How to open a notebook in Colab, with no repository URL to point a badge at.
+OPEN_IN_COLAB = "*File → Upload notebook*, or *File → Open notebook → GitHub*"
 CELL_TIMEOUT_S = 600
 
 
 def _read(path: pathlib.Path):
     return nbformat.read(path, as_version=4)
-
-
-def _colab_url(path: pathlib.Path) -> str:
-    return f"https://colab.research.google.com/github/{GITHUB}/blob/main/colab/{path.name}"
 
 
 def test_the_three_notebooks_exist():
@@ -64,15 +60,22 @@ def test_notebook_reads_smoke_mode_first_and_explains_its_cells(path):
     nb = _read(path)
     code = [c for c in nb.cells if c.cell_type == "code"]
     assert 'os.environ.get("RESNET_JAX_SMOKE")' in code[0].source
-    assert nb.cells[0].cell_type == "markdown" and _colab_url(path) in nb.cells[0].source
+    intro = nb.cells[0]
+    assert (
+        intro.cell_type == "markdown"
+        and f"{OPEN_IN_COLAB} with this repository, `colab/{path.name}`" in intro.source
+    )
     markdown = sum(c.cell_type == "markdown" for c in nb.cells)
     assert markdown >= len(code) // 2, f"{path.name}: {markdown} text cells for {len(code)} code"
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
-def test_readme_links_notebook_with_open_in_colab_badge(path):
-    badge = f"[![Open In Colab]({BADGE})]({_colab_url(path)})"
-    assert badge in (REPO / "README.md").read_text(), f"README.md lacks the badge {badge}"
+def test_readmes_link_notebook_and_say_how_to_open_it_in_colab(path):
+    readme, ours = (REPO / "README.md").read_text(), (COLAB / "README.md").read_text()
+    assert f"| [`colab/{path.name}`](colab/{path.name}) |" in readme
+    assert f"| [`{path.name}`]({path.name}) |" in ours
+    assert f"To open one in Colab: {OPEN_IN_COLAB}" in readme and OPEN_IN_COLAB in ours
+    assert "colab.research.google.com/github/" not in readme + ours  # No made-up repository.
 
 
 def _kernel_python(root: pathlib.Path) -> str:
@@ -219,8 +222,44 @@ def test_a_failed_pip_install_stops_the_notebook(smoke_env, kernel_dir, monkeypa
     assert error.value.evalue.endswith(" failed (exit status 1).")
 
 
+# Appended to the training notebook: the eval step on each shown image alone (a one-hot mask),
+# against what the predict cell showed, and the shown pixels against the batch's uint8 pixels.
+EVAL_CHECK = """
+import json, types
+from resnet_jax.data import presets
+from resnet_jax.training.steps import eval_step
+
+preset = presets.data_preset(pipeline.with_defaults(config.data))
+state = types.SimpleNamespace(variables=predictor.variables)
+step = jax.jit(jax.vmap(
+    lambda b: eval_step(state, b, model=predictor.model, axis_name="d", preset=preset),
+    axis_name="d",
+))
+n, labels = len(probs), np.asarray(batch["label"])
+evals = [
+    step({"image": batch["image"][None], "label": labels[None], "mask": (np.arange(n) == i)[None]})
+    for i in range(n)
+]
+with np.errstate(divide="ignore"):  # A wrong cell can give a true class probability 0.
+    shown_loss = -np.log(probs[np.arange(n), labels].astype(np.float64))
+print(json.dumps({
+    "dtype": str(batch["image"].dtype),
+    "hits_agree": int(sum(float(e["top1"][0]) == float(probs[i].argmax() == labels[i])
+                          for i, e in enumerate(evals))),
+    "eval_right": int(sum(float(e["top1"][0]) for e in evals)),
+    "loss_diff": float(np.max(np.abs([float(e["loss"][0]) for e in evals] - shown_loss))),
+    "pixels": [float(pixels.min()), float(pixels.max())],
+    "pixels_diff": float(np.max(np.abs(pixels * 255.0 - batch["image"]))),
+}))
+"""
+
+
 def test_train_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
-    nb, seconds = _run(COLAB / "train_resnet50_colab_tpu.ipynb", smoke_env, kernel_dir)
+    nb = _read(COLAB / "train_resnet50_colab_tpu.ipynb")
+    nb.cells.append(nbformat.v4.new_code_cell(EVAL_CHECK, id="eval-check"))
+    path = smoke_env / "train_resnet50_colab_tpu.ipynb"
+    nbformat.write(nb, path)
+    nb, seconds = _run(path, smoke_env, kernel_dir)
     print(f"train_resnet50_colab_tpu.ipynb: {seconds:.0f} s", file=sys.stderr)
     assert "Run for this runtime (smoke)" in _text(_cell(nb, "devices"))
     top1 = re.search(r"validation top-1 ([0-9.]+)", _text(_cell(nb, "train")))
@@ -230,7 +269,15 @@ def test_train_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
     assert (workdir / "curves.png").stat().st_size > 0
     assert (workdir / "metrics.jsonl").exists() and (workdir / "checkpoints").is_dir()
     assert _has_png(_cell(nb, "curves")) and _has_png(_cell(nb, "predict"))
-    assert re.search(r"\d+ of 16 right", _text(_cell(nb, "predict")))
+    right = re.search(r"(\d+) of 16 right", _text(_cell(nb, "predict")))
+    check = json.loads(_text(_cell(nb, "eval-check")))
+    # The recipe ships uint8 pixels; the shown predictions are the eval step's, image by image.
+    assert check["dtype"] == "uint8" and check["hits_agree"] == 16, check
+    assert check["loss_diff"] < 1e-4, check  # The same losses, not just the same hits.
+    assert right and int(right.group(1)) == check["eval_right"], check
+    # The shown pixels are the batch's own, in [0, 1], not normalised values clipped to white.
+    assert 0.0 <= check["pixels"][0] and check["pixels"][1] <= 1.0, check
+    assert check["pixels_diff"] < 1e-3, check
 
 
 def test_verify_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):

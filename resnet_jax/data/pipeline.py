@@ -65,7 +65,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.eval_preprocess = "center_crop"  # 'center_crop' (resize image_size / crop_pct) | 'resize'.
     c.crop_pct = 0.875  # Eval crop fraction: resize the short side to image_size / crop_pct.
     c.min_area = 0.08  # Smallest crop area fraction for 'inception_crop'.
-    c.interpolation = "bilinear"  # 'bilinear' | 'bicubic' | 'nearest' | 'area' | 'lanczos3'.
+    c.interpolation = "bilinear"  # One of presets.INTERPOLATIONS.
     c.mean = presets.IMAGENET_MEAN  # RGB mean in [0, 1] units.
     c.std = presets.IMAGENET_STD  # RGB std in [0, 1] units.
     # A presets.PRESETS name ('torchvision_v1', 'timm_rsb', 'keras_caffe', ...): it sets the

@@ -9,6 +9,7 @@ This module imports TensorFlow at import time; only the input pipeline imports i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -28,14 +29,8 @@ def _hide_gpus_from_tf() -> None:
 _hide_gpus_from_tf()
 
 Example = dict[str, tf.Tensor]
-INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "area", "lanczos3")
 TRAIN_PREPROCESS = ("inception_crop", "cifar_crop", "resize")
 EVAL_PREPROCESS = ("center_crop", "resize")
-
-
-def _check_choice(kind: str, value: str, choices: tuple[str, ...]) -> None:
-    if value not in choices:
-        raise ValueError(f"Unknown {kind} {value!r}; expected one of {', '.join(choices)}.")
 
 
 def decode_rgb(data: tf.Tensor) -> tf.Tensor:
@@ -95,26 +90,36 @@ def decode_and_random_crop(
     return image
 
 
+def _pillow_nearest(n_in: tf.Tensor, n_out: tf.Tensor) -> tf.Tensor:
+    """Source rows (or columns) of Pillow's NEAREST resize: it steps (i + 0.5) * n_in / n_out
+    by repeated float64 additions, which a cumulative sum reproduces exactly."""
+    step = tf.cast(n_in, tf.float64) / tf.cast(n_out, tf.float64)
+    steps = tf.concat([[step / 2], tf.fill([n_out - 1], step)], 0)
+    return tf.cast(tf.math.cumsum(steps), tf.int32)
+
+
 def resize(
     image: tf.Tensor, size: tuple[int, int] | tf.Tensor, method: str = "bilinear"
 ) -> tf.Tensor:
-    """Resizes to ``size`` (h, w) with antialiasing (as PIL/torchvision do); float32 in [0, 255]."""
-    _check_choice("interpolation", method, INTERPOLATIONS)
-    image = tf.image.resize(tf.cast(image, tf.float32), size, method=method, antialias=True)
-    return tf.clip_by_value(image, 0.0, 255.0)
+    """Resizes to ``size`` (h, w) as Pillow does, so eval pixels match predict's within 1/255:
+    antialiased, width then height, clipped to [0, 255] after each pass; float32."""
+    presets.check_choice("interpolation", method, presets.INTERPOLATIONS)
+    image = tf.cast(image, tf.float32)
+    shape = tf.shape(image)
+    if method == "nearest":
+        rows = _pillow_nearest(shape[0], size[0])
+        return tf.gather(tf.gather(image, rows), _pillow_nearest(shape[1], size[1]), axis=1)
+    for hw in ((shape[0], size[1]), size):
+        image = tf.image.resize(image, hw, method=method, antialias=True)
+        image = tf.clip_by_value(image, 0.0, 255.0)
+    return image
 
 
 def short_side_size(height: tf.Tensor, width: tf.Tensor, short: int) -> tf.Tensor:
     """Output (h, w) when the short side becomes ``short``; the long side is truncated as in
-    torchvision's ``Resize(int)``."""
-    height = tf.cast(height, tf.float64)
-    width = tf.cast(width, tf.float64)
-    scale = short / tf.minimum(height, width)
-    long_h = tf.cast(tf.floor(height * scale), tf.int32)
-    long_w = tf.cast(tf.floor(width * scale), tf.int32)
-    new_h = tf.where(height <= width, short, long_h)
-    new_w = tf.where(height <= width, long_w, short)
-    return tf.stack([new_h, new_w])
+    torchvision's ``Resize(int)`` (in integers, so no rounding can move it)."""
+    hw = tf.cast(tf.stack([height, width]), tf.int64)
+    return tf.cast(hw * short // tf.reduce_min(hw), tf.int32)
 
 
 def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
@@ -125,19 +130,6 @@ def center_crop(image: tf.Tensor, size: int) -> tf.Tensor:
     crop = image[top : top + size, left : left + size]
     crop.set_shape([size, size, image.shape[-1]])
     return crop
-
-
-def resize_and_center_crop(
-    data: tf.Tensor, *, resize_size: int, crop_size: int, method: str = "bilinear"
-) -> tf.Tensor:
-    """Eval transform: resize the short side to ``resize_size``, then center-crop ``crop_size``.
-
-    This is torchvision's ``Resize(resize) + CenterCrop(crop)``; float32 in [0, 255].
-    """
-    image = decode_rgb(data)
-    shape = tf.shape(image)
-    image = resize(image, short_side_size(shape[0], shape[1], resize_size), method)
-    return center_crop(image, crop_size)
 
 
 def inception_crop(
@@ -165,18 +157,13 @@ def flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
     return tf.image.stateless_random_flip_left_right(image, seed=seed)
 
 
-def normalize(image: tf.Tensor, preset: presets.Preset) -> tf.Tensor:
-    """Maps [0, 255] RGB to model inputs with the preset's convention (torch, caffe or tf)."""
-    return tf.cast(presets.normalize(tf.cast(image, tf.float32), preset), tf.float32)
-
-
 def finish(image: tf.Tensor, preset: presets.Preset, image_dtype: str) -> tf.Tensor:
     """The pipeline's output: normalised float32 inputs, or (``image_dtype='uint8'``) the
     pixels rounded to uint8, a quarter of the bytes to ship, normalised on the device by the
     train and eval steps (``resnet_jax.training.steps.model_inputs``)."""
     if image_dtype == "uint8":
         return tf.cast(tf.clip_by_value(tf.round(image), 0.0, 255.0), tf.uint8)
-    return normalize(image, preset)
+    return tf.cast(presets.normalize(image, preset), tf.float32)
 
 
 def example_seed(seed: int, counter: tf.Tensor) -> tf.Tensor:
@@ -191,24 +178,13 @@ def epoch_shuffle_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
     return tf.random.stateless_uniform([], key, minval=None, maxval=None, dtype=tf.int64)
 
 
-def eval_preset(config: Any) -> presets.Preset:
-    """The resize/crop/interpolation/normalisation the eval transform uses for a data config.
-
-    With ``config.preset`` set, the preset decides (its resize/crop ratio scaled to
-    ``image_size``, its resize mode and interpolation); otherwise ``crop_pct``,
-    ``interpolation``, ``mean`` and ``std`` do.
-    """
-    return presets.data_preset(config)
-
-
 def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """Returns ``fn(data, seed) -> (S, S, 3)`` for ``config.train_preprocess``: float32 model
     inputs, or uint8 pixels with ``config.image_dtype='uint8'``."""
-    _check_choice("train_preprocess", config.train_preprocess, TRAIN_PREPROCESS)
-    _check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
-    preset = eval_preset(config)
+    presets.check_choice("train_preprocess", config.train_preprocess, TRAIN_PREPROCESS)
+    presets.check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
+    preset = presets.data_preset(config)
     size, method = int(config.image_size), preset.interpolation
-    _check_choice("interpolation", method, INTERPOLATIONS)
 
     def transform(data: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
         crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, num=2))
@@ -231,24 +207,24 @@ def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
 
 def make_eval_transform(config: Any) -> Callable[[tf.Tensor], tf.Tensor]:
     """Returns ``fn(data) -> (S, S, 3)`` for ``config.eval_preprocess`` (dtype as above)."""
-    _check_choice("eval_preprocess", config.eval_preprocess, EVAL_PREPROCESS)
-    _check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
-    preset = eval_preset(config)
-    size, method = int(config.image_size), preset.interpolation
-    _check_choice("interpolation", method, INTERPOLATIONS)
+    presets.check_choice("eval_preprocess", config.eval_preprocess, EVAL_PREPROCESS)
+    presets.check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
+    preset = presets.data_preset(config)
+    if config.eval_preprocess == "resize":
+        preset = dataclasses.replace(preset, resize_mode="squash")
+    return preset_transform(preset, config.image_dtype)
 
-    # A preset with resize_mode 'squash' (Keras load_img) resizes straight to the crop size.
-    squash = getattr(preset, "resize_mode", "short_side") == "squash"
+
+def preset_transform(preset: presets.Preset, image_dtype: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """The eval transform of ``preset``: the same pixels as ``resnet_jax.images.preprocess``."""
 
     def transform(data: tf.Tensor) -> tf.Tensor:
-        if config.eval_preprocess == "center_crop" and not squash:
-            image = resize_and_center_crop(
-                data, resize_size=preset.resize, crop_size=size, method=method
-            )
-        else:
-            image = resize(decode_rgb(data), (size, size), method)
-        image = finish(image, preset, config.image_dtype)
-        image.set_shape([size, size, 3])
-        return image
+        image = decode_rgb(data)
+        if preset.resize_mode == "squash":  # Keras load_img: straight to the crop size.
+            size = (preset.crop, preset.crop)
+        else:  # torchvision Resize(resize) + CenterCrop(crop).
+            size = short_side_size(tf.shape(image)[0], tf.shape(image)[1], preset.resize)
+        image = center_crop(resize(image, size, preset.interpolation), preset.crop)
+        return finish(image, preset, image_dtype)
 
     return transform

@@ -11,7 +11,7 @@ import tempfile
 
 import ml_collections
 
-from resnet_jax.data.presets import IMAGE_DTYPES
+from resnet_jax.data.presets import IMAGE_DTYPES, INTERPOLATIONS
 from resnet_jax.models import list_models, model_spec
 from resnet_jax.parallel import MODES, check_batch_size
 from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES
@@ -58,6 +58,9 @@ def check_config(
             f"data.image_dtype {image_dtype!r} is not one of {IMAGE_DTYPES} ('uint8' ships "
             "pixels and normalises them on the devices)."
         )
+    interpolation = config.data.get("interpolation", "bilinear")
+    if interpolation not in INTERPOLATIONS:
+        errors.append(f"data.interpolation {interpolation!r} is not one of {INTERPOLATIONS}.")
     if config.nonfinite not in NONFINITE:
         errors.append(f"nonfinite {config.nonfinite!r} is not one of {NONFINITE}.")
     if config.preemption_check_every_steps < 1:
