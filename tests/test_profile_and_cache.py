@@ -47,6 +47,18 @@ def test_enable_points_jax_at_the_directory_and_back(tmp_path):
         compile_cache.enable(before or "")
 
 
+def test_multi_process_cpu_runs_compile_afresh(monkeypatch, tmp_path):
+    """XLA:CPU executables with cross-process collectives hang when loaded from the cache."""
+    before = jax.config.jax_compilation_cache_dir
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    try:
+        assert compile_cache.enable(str(tmp_path / "c")) is None
+        assert jax.config.jax_compilation_cache_dir is None
+    finally:
+        monkeypatch.undo()
+        compile_cache.enable(before or "")
+
+
 @pytest.mark.usefixtures("fast_compile")
 def test_profiled_run_writes_a_trace_and_ends_bitwise_as_an_unprofiled_run(tmp_path):
     plain = train_and_evaluate(tiny_config(keep_checkpoints=0), str(tmp_path / "plain"))

@@ -6,7 +6,9 @@ A preempted pod job or a rerun of the same command otherwise compiles the train 
 ``$XDG_CACHE_HOME/resnet_jax/jax`` or ``~/.cache/resnet_jax/jax``; any local or ``gs://``
 path works (a bucket shared by the hosts of a pod survives the VMs); ``''`` turns it off.
 Cache keys cover the program, the compiler options, the devices and the jax version, so a
-stale entry is never used for another program.
+stale entry is never used for another program. Multi-process CPU runs (the localhost and
+test clusters) compile afresh: an XLA:CPU executable with cross-process collectives hangs when
+it is loaded from the cache (jax 0.10).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ def enable(setting: str) -> epath.Path | None:
     from jax._src import compilation_cache  # JAX has no public reset for a changed directory.
 
     directory = resolve(setting)
+    if directory is not None and jax.process_count() > 1 and jax.default_backend() == "cpu":
+        logging.warning("Compilation cache off: multi-process CPU runs compile afresh.")
+        directory = None
     current = jax.config.jax_compilation_cache_dir
     wanted = None if directory is None else str(directory)
     if current == wanted:
