@@ -15,15 +15,17 @@ import pytest
 from PIL import Image
 from recipes import load_config
 
+from benchmarks import export_bench
 from resnet_jax.convert import save_converted
 from resnet_jax.convert.inputs import sample_photographs
 from resnet_jax.data.digits import write_digits_folder
 from resnet_jax.data.presets import Preset
-from resnet_jax.export import ExportError, export_checkpoint, exporter, formats
+from resnet_jax.export import ExportError, export_checkpoint, exporter, formats, portable
 from resnet_jax.export.__main__ import main as export_main
 from resnet_jax.export.runtime import LiteRTRunner, OnnxRunner
 from resnet_jax.images import batches, list_images
 from resnet_jax.inference import load_predictor, random_predictor
+from resnet_jax.models import layers
 from resnet_jax.predict import main as predict_main
 from resnet_jax.training import train_and_evaluate
 
@@ -281,3 +283,24 @@ def test_int8_keeps_digits_accuracy(digits_workdir, tmp_path):
         f"digits held-out top-1: float32 {acc['f32']:.4f}, int8 {acc['i8']:.4f}; "
         f"int8 file {ratio:.3f}x float32"
     )
+
+
+@pytest.mark.parametrize("how", portable.MAX_POOLS)
+@pytest.mark.parametrize("size", [9, 10])
+def test_portable_max_pool_is_exact(how, size):
+    """Edge padding (and strided slices for ONNX) give nn.max_pool's numbers, odd or even."""
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    for pad_value in (-np.inf, 0.0):
+        pool = lambda x: layers.max_pool_3x3_s2(x, pad_value)  # noqa: B023
+        out = portable.evaluate(jax.make_jaxpr(pool)(x), x, max_pool=how)[0]
+        np.testing.assert_array_equal(out, pool(x))
+
+
+def test_latency_benchmark_tiny(tmp_path):
+    """Every runtime gets a figure at batch 1 and 8, and the record is written."""
+    assert export_bench.main(["--tiny", "--output-dir", str(tmp_path)]) == 0
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("export-*.json")]
+    assert set(record["ms_per_batch"]) == set(export_bench.ROWS)
+    assert all(ms[b] > 0 for ms in record["ms_per_batch"].values() for b in ("1", "8"))
+    table = next(tmp_path.glob("export-*.md")).read_text()
+    assert all(label in table for label in export_bench.LABELS.values())
