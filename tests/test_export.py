@@ -296,6 +296,28 @@ def test_portable_max_pool_is_exact(how, size):
         np.testing.assert_array_equal(out, pool(x))
 
 
+@pytest.mark.parametrize(
+    "name, overrides",
+    [
+        ("resnet20", {}),  # CIFAR option-A shortcut: strided subsampling, zero channels
+        ("resnet50_v2", {"stage_sizes": (1, 1, 1, 1), "stage_widths": (8, 8, 16, 16)}),
+        ("resnet18d", {"stage_widths": (8, 8, 16, 16)}),  # average-pool shortcut
+    ],
+)
+def test_other_families_export_to_onnx_and_litert(name, overrides, photo_folder, tmp_path):
+    """Constant padding and pooling of the other families, at batch 1 and 3."""
+    preset = Preset("photo32", resize=36, crop=32)
+    predictor = random_predictor(name, preset, num_classes=10, **overrides)
+    x = next(batches(list_images([photo_folder]), preset, 3, []))[1]
+    ref = np.asarray(jax.jit(predictor.model.apply)(predictor.variables, x))
+    fn = exporter._logits_fn(predictor)
+    (tmp_path / "m.onnx").write_bytes(formats.onnx(fn, 32))
+    (tmp_path / "m.tflite").write_bytes(formats.litert(fn, 32))
+    for run in (OnnxRunner(tmp_path / "m.onnx"), LiteRTRunner(tmp_path / "m.tflite")):
+        for n in (1, 3):
+            assert relative(run(x[:n]), ref[:n]) <= 1e-4, (name, type(run).__name__, n)
+
+
 def test_latency_benchmark_tiny(tmp_path):
     """Every runtime gets a figure at batch 1 and 8, and the record is written."""
     assert export_bench.main(["--tiny", "--output-dir", str(tmp_path)]) == 0

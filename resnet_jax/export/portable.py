@@ -9,7 +9,9 @@ that mishandle explicit padding). Two rewrites of padded max pooling keep it exa
 convertible: its padding is the edge pixel repeated, which is inside the same window and so
 never changes a maximum (-inf padding would give int8 LiteRT an infinite quantisation range),
 and for ONNX the window is the maximum of its strided slices (ONNX Runtime's MaxPool takes no
-4-D window, which is what jax2onnx emits for an NHWC one).
+4-D window, which is what jax2onnx emits for an NHWC one). For ONNX, constant padding (the
+CIFAR shortcut's zero channels, Keras V2's zero-padded pool, ResNet-D's average pool) becomes
+concatenation, which jax2onnx lowers with a symbolic batch.
 """
 
 from __future__ import annotations
@@ -79,8 +81,21 @@ def _max_pool(
     return out
 
 
+def _pad_by_concatenation(x, value, *, padding_config):
+    """``lax.pad`` without interior padding as concatenated constant blocks: jax2onnx lowers
+    ``pad`` only when every dimension is a number, not a symbolic batch."""
+    if any(i != 0 or lo < 0 or hi < 0 for lo, hi, i in padding_config):
+        return jax.lax.pad(x, value, padding_config)
+    for axis, (lo, hi, _) in enumerate(padding_config):
+        if lo or hi:
+            edge = jax.lax.full_like(jax.lax.slice_in_dim(x, 0, 1, axis=axis), value)
+            x = jax.lax.concatenate([edge] * lo + [x] + [edge] * hi, axis)
+    return x
+
+
 def evaluate(closed: jax.extend.core.ClosedJaxpr, *args, max_pool: str = "window") -> list:
-    """Replays ``closed`` on ``args``, nested jit calls inlined, max pooling rewritten."""
+    """Replays ``closed`` on ``args``, nested jit calls inlined, max pooling rewritten; with
+    ``max_pool='slices'`` (the ONNX form) constant padding is concatenation too."""
     if max_pool not in MAX_POOLS:
         raise ValueError(f"max_pool must be one of {MAX_POOLS}, got {max_pool!r}.")
     return _run(closed.jaxpr, closed.consts, args, max_pool)
@@ -98,6 +113,8 @@ def _run(jaxpr, consts, args, how: str) -> list:
             outs = _run(inner.jaxpr, inner.consts, ins, how)
         elif eqn.primitive is jax.lax.reduce_window_max_p:
             outs = [_max_pool(*ins, **eqn.params, how=how)]
+        elif eqn.primitive is jax.lax.pad_p and how == "slices":
+            outs = [_pad_by_concatenation(*ins, **eqn.params)]
         else:
             outs = eqn.primitive.bind(*ins, **eqn.primitive.get_bind_params(eqn.params))
             outs = outs if eqn.primitive.multiple_results else [outs]
