@@ -206,6 +206,15 @@ def test_int8_without_calibration_is_refused(checkpoint, tmp_path):
     assert os.listdir(tmp_path) == []
 
 
+def test_non_empty_output_is_refused_and_kept(checkpoint, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ExportError, match=r"out exists and is not empty; .* --overwrite"):
+        export_checkpoint(checkpoint, out)
+    assert os.listdir(out) == ["notes.txt"] and (out / "notes.txt").read_text() == "mine"
+
+
 def test_failure_part_way_leaves_nothing(checkpoint, tmp_path, monkeypatch):
     """The StableHLO file is written, then the ONNX converter fails: no output, no temp."""
 

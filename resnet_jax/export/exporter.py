@@ -53,6 +53,16 @@ def check_formats(names: Sequence[str], calibration: str | os.PathLike | None) -
     return tuple(dict.fromkeys(names))
 
 
+def check_output(output: str | os.PathLike, overwrite: bool) -> Path:
+    """The output folder: new, empty, or (with ``overwrite``) to be replaced at the end."""
+    output = Path(output)
+    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+        raise ExportError(
+            f"{output} exists and is not empty; choose a new folder or pass --overwrite."
+        )
+    return output
+
+
 def load_calibration(folder: str | os.PathLike, predictor: Predictor, samples: int) -> np.ndarray:
     """Up to ``samples`` images spread evenly over the sorted folder, preprocessed as the model
     expects; any unreadable file among them is an error (the set would silently shrink)."""
@@ -119,11 +129,7 @@ def export_predictor(
 ) -> Path:
     """Writes the predictor's model in ``formats_`` with export.json into ``output``."""
     names = check_formats(formats_, calibration)
-    output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
-        raise ExportError(
-            f"{output} exists and is not empty; choose a new folder or pass --overwrite."
-        )
+    output = check_output(output, overwrite)
     calib = load_calibration(calibration, predictor, calibration_samples) if calibration else None
     fn = _logits_fn(predictor)
     size, channels = predictor.preset.crop, predictor.model.in_channels
@@ -191,6 +197,7 @@ def export_checkpoint(
     from resnet_jax.inference import load_predictor
 
     check_formats(formats_, kwargs.get("calibration"))
+    check_output(output, kwargs.get("overwrite", False))
     try:
         predictor = load_predictor(checkpoint)
     except FileNotFoundError as e:
