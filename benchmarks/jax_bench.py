@@ -76,19 +76,10 @@ class JaxConfig:
         return "forward" if self.xla_options == "forward" else program
 
 
-@contextlib.contextmanager
-def _tracing(cfg: JaxConfig):
+def _tracing(cfg: JaxConfig) -> contextlib.AbstractContextManager:
     """While the step is traced: ``plain_convs`` swaps the model's convolution function
     (1x1 convolutions as matrix products on CPU) for ``lax.conv_general_dilated``."""
-    if not cfg.plain_convs:
-        yield
-        return
-    saved = layers.conv_general_dilated
-    layers.conv_general_dilated = jax.lax.conv_general_dilated
-    try:
-        yield
-    finally:
-        layers.conv_general_dilated = saved
+    return layers.plain_convolutions() if cfg.plain_convs else contextlib.nullcontext()
 
 
 def _options(cfg: JaxConfig, program: str, on: str) -> dict[str, str] | None:

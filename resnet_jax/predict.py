@@ -98,7 +98,8 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--checkpoint", help="a converted checkpoint or a training workdir")
+    parser.add_argument("--checkpoint", help="a converted checkpoint, a training workdir, or "
+                        "an exported .onnx or .tflite file")
     parser.add_argument("--model", help="with --random-init: a model name (smoke tests)")
     parser.add_argument(
         "--random-init",
@@ -184,6 +185,10 @@ def predictor_from_args(args: argparse.Namespace) -> Predictor:
         return random_predictor(
             args.model, get_preset(args.preset or "torchvision_v1"), batch_size=args.batch_size
         )
+    if Path(args.checkpoint).suffix in (".onnx", ".tflite"):  # a file from resnet_jax.export
+        from resnet_jax.export.runtime import load_exported_predictor
+
+        return load_exported_predictor(args.checkpoint, args.preset, args.batch_size)
     return load_predictor(args.checkpoint, preset=args.preset, batch_size=args.batch_size)
 
 

@@ -11,7 +11,9 @@ products (see there).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from typing import Any
 
 import flax.linen as nn
@@ -91,7 +93,7 @@ def conv_general_dilated(
         out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
         accumulate = jnp.float32 if out_dtype == jnp.bfloat16 else out_dtype
         y = jax.lax.dot_general(
-            lhs[:, ::sh, ::sw, :],
+            jax.lax.slice(lhs, (0,) * 4, lhs.shape, (1, sh, sw, 1)),
             rhs[0, 0],
             (((3,), (0,)), ((), ())),
             precision=precision,
@@ -100,6 +102,20 @@ def conv_general_dilated(
         return y.astype(out_dtype)
 
     return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=xla)
+
+
+@contextlib.contextmanager
+def plain_convolutions() -> Iterator[None]:
+    """While a model is traced: every convolution is ``lax.conv_general_dilated``, with no
+    CPU-only branch. Exported programs (StableHLO, ONNX, LiteRT) are the portable network, and
+    the benchmark's ``plain_convs`` ablation measures the CPU formulation against it."""
+    global conv_general_dilated
+    saved = conv_general_dilated
+    conv_general_dilated = jax.lax.conv_general_dilated
+    try:
+        yield
+    finally:
+        conv_general_dilated = saved
 
 
 def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -191,11 +207,15 @@ class LayerFactory:
 
 
 def max_pool_3x3_s2(x: jax.Array, pad_value: float = -jnp.inf) -> jax.Array:
-    """3x3/2 max pool with one pixel of symmetric padding (torchvision: -inf; Keras V2: zeros)."""
-    if pad_value == -jnp.inf:
-        return nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
-    x = jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), constant_values=pad_value)
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding="VALID")
+    """3x3/2 max pool with one pixel of symmetric padding (torchvision: -inf; Keras V2: zeros).
+
+    ``lax.reduce_window`` as ``nn.max_pool`` computes it, called directly: exporters that patch
+    Flax's pooling functions (jax2onnx) then see the plain primitive."""
+    pads = ((0, 0), (1, 1), (1, 1), (0, 0))
+    if pad_value != -jnp.inf:
+        x = jnp.pad(x, pads, constant_values=pad_value)
+        pads = ((0, 0),) * 4
+    return jax.lax.reduce_window(x, -jnp.inf, jax.lax.max, (1, 3, 3, 1), (1, 2, 2, 1), pads)
 
 
 def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
@@ -213,8 +233,13 @@ def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
 
 
 def subsample(x: jax.Array, stride: int) -> jax.Array:
-    """Every stride-th pixel from the top-left: a 1x1 pool or a 1x1 strided conv's grid."""
-    return x[:, ::stride, ::stride, :] if stride > 1 else x
+    """Every stride-th pixel from the top-left: a 1x1 pool or a 1x1 strided conv's grid.
+
+    A strided slice, not indexing: ``x[:, ::s, ::s]`` lowers to a gather, which ONNX and LiteRT
+    converters do not all take once the batch dimension is symbolic."""
+    if stride == 1:
+        return x
+    return jax.lax.slice(x, (0,) * 4, x.shape, (1, stride, stride, 1))
 
 
 def space_to_depth(x: jax.Array, block: int = 2) -> jax.Array:
