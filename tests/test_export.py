@@ -243,12 +243,23 @@ def digits_workdir(tmp_path_factory):
 
 
 def test_unknown_architecture_is_refused(digits_workdir, tmp_path, capsys):
-    workdir = tmp_path / "workdir"
-    subprocess.run(["cp", "-r", str(digits_workdir), str(workdir)], check=True)
-    config = json.loads((workdir / "config.json").read_text())
-    config["model"]["name"] = "resnet7"
-    (workdir / "config.json").write_text(json.dumps(config))
-    code = export_main([str(workdir), "--output", str(tmp_path / "out")])
+    """A converted checkpoint whose card names an architecture the registry lacks."""
+    predictor = load_predictor(digits_workdir)
+    save_converted(
+        tmp_path / "ckpt",
+        predictor.variables,
+        architecture="resnet20",
+        source="torchvision",
+        weights="hand-made",
+        preset=predictor.preset,
+    )
+    (card,) = [
+        p
+        for p in (tmp_path / "ckpt").rglob("*")
+        if p.is_file() and "resnet20" in p.read_text(errors="ignore")
+    ]
+    card.write_text(card.read_text().replace('"resnet20"', '"resnet7"'))
+    code = export_main([str(tmp_path / "ckpt"), "--output", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
     assert "its architecture is not one resnet-jax builds" in err and "'resnet7'" in err
