@@ -25,7 +25,6 @@ import argparse
 import dataclasses
 import gc
 import importlib.metadata
-import json
 import os
 import sys
 import tempfile
@@ -35,6 +34,8 @@ from typing import Any
 
 os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # PyTorch shares the GPU.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from benchmarks.common import write_record  # noqa: E402
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 # The MLPerf per-GPU training rate and the side-by-side target, for H200 rows only.
@@ -428,16 +429,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     result = run(TINY if args.tiny else Plan(), tiny=args.tiny)
     text = markdown(result)
     print(text)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(
+    stem = write_record(
         args.out,
         f"accelerator-{result['platform']}-{'tiny-' if args.tiny else ''}"
         f"{result['date'].replace(':', '')}",
+        result,
+        text,
     )
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1, default=str)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
     _log(f"wrote {stem}.json and .md")
     return result
 

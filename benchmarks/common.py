@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import importlib.metadata
+import json
 import os
 import platform
 import statistics
@@ -217,3 +218,23 @@ def versions() -> dict[str, str | None]:
 
 def now_utc() -> str:
     return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def jsonable(value: Any) -> Any:
+    """NumPy scalars as numbers, anything else JSON cannot hold as its text."""
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def write_record(out_dir: str, stem: str, record: dict[str, Any], table: str) -> str:
+    """Writes ``<out_dir>/<stem>.json`` (the record) and ``<stem>.md`` (its table); returns the
+    path without suffix."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = os.path.join(out_dir, stem)
+    with open(path + ".json", "w") as f:
+        json.dump(record, f, indent=1, default=jsonable)
+        f.write("\n")
+    with open(path + ".md", "w") as f:
+        f.write(table if table.endswith("\n") else table + "\n")
+    return path

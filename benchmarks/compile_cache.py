@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Sequence
 from typing import Any
 
-from benchmarks.common import hardware, now_utc, versions
+from benchmarks.common import hardware, now_utc, versions, write_record
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 MARK = "COMPILE_CACHE_RESULT "
@@ -139,14 +139,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any] | None:
     result = measure(args)
     text = markdown(result)
     print(text)
-    os.makedirs(args.out, exist_ok=True)
-    stem = os.path.join(
-        args.out, f"compile-cache-{result['first']['platform']}-{result['date'].replace(':', '')}"
+    platform = result["first"]["platform"]
+    stem = write_record(
+        args.out, f"compile-cache-{platform}-{result['date'].replace(':', '')}", result, text
     )
-    with open(stem + ".json", "w") as f:
-        json.dump(result, f, indent=1)
-    with open(stem + ".md", "w") as f:
-        f.write(text)
     print(f"wrote {stem}.json and .md")
     return result
 

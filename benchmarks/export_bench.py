@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from benchmarks.common import hardware, now_utc, usable_cores, versions
+from benchmarks.common import hardware, now_utc, usable_cores, versions, write_record
 from resnet_jax import platform
 from resnet_jax.convert.inputs import sample_photographs
 from resnet_jax.data.presets import Preset
@@ -155,11 +155,8 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(record, sizes)
     print(table)
     if not args.tiny or args.output_dir != str(RESULTS):
-        folder = Path(args.output_dir)
-        folder.mkdir(parents=True, exist_ok=True)
-        stem = folder / f"export-{record['date'].replace('-', '').replace(':', '')}"
-        stem.with_suffix(".json").write_text(json.dumps(record, indent=1))
-        stem.with_suffix(".md").write_text(table + "\n")
+        stamp = record["date"].replace("-", "").replace(":", "")
+        stem = write_record(args.output_dir, f"export-{stamp}", record, table)
         print(f"wrote {stem}.json and .md")
     return 0
 

@@ -14,6 +14,8 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+from benchmarks.common import write_record
+
 FRAMEWORK_NAMES = {
     "jax": "resnet-jax",
     "jax_v1": "resnet-jax (resnet50_v1)",
@@ -38,20 +40,8 @@ def result_stem(results: dict[str, Any]) -> str:
 
 def write_results(results: dict[str, Any], out_dir: str) -> tuple[str, str]:
     """Writes ``<stem>.json`` and ``<stem>.md`` into ``out_dir``; returns both paths."""
-    os.makedirs(out_dir, exist_ok=True)
-    stem = os.path.join(out_dir, result_stem(results))
-    with open(stem + ".json", "w") as f:
-        json.dump(results, f, indent=2, sort_keys=False, default=_jsonable)
-        f.write("\n")
-    with open(stem + ".md", "w") as f:
-        f.write(markdown(results))
+    stem = write_record(out_dir, result_stem(results), results, markdown(results))
     return stem + ".json", stem + ".md"
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        return value.item()
-    return str(value)
 
 
 def _num(value: float | None, digits: int = 1) -> str:
