@@ -18,3 +18,15 @@ def fast_compile():
     jax.config.update("jax_disable_most_optimizations", True)
     yield
     jax.config.update("jax_disable_most_optimizations", before)
+
+
+@pytest.fixture
+def no_compile(monkeypatch):
+    """Fails the test if the run gets as far as building (compiling) the train state: for
+    errors that must come before any work."""
+    from resnet_jax.training import loop
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("reached model initialisation; the error should come first")
+
+    monkeypatch.setattr(loop, "create_train_state", refuse)

@@ -10,22 +10,12 @@ import sys
 import pytest
 from recipes import load_config
 
-from resnet_jax.training import command_line, loop, train_and_evaluate, validate
+from resnet_jax.training import command_line, train_and_evaluate, validate
 from resnet_jax.training.faults import Preempted, PreemptionWatcher
 from resnet_jax.training.validate import ConfigError, check_config
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RECIPE_FILES = sorted(p.name for p in (REPO / "configs").glob("*.py") if p.name != "__init__.py")
-
-
-@pytest.fixture
-def no_compile(monkeypatch):
-    """Fails the test if the run gets as far as building (compiling) the train state."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("reached model initialisation; the error should come first")
-
-    monkeypatch.setattr(loop, "create_train_state", refuse)
 
 
 def test_the_config_flag_is_found_in_both_spellings():

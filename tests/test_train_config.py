@@ -25,16 +25,6 @@ def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
         sys.path.remove(str(REPO))
 
 
-@pytest.fixture
-def no_compile(monkeypatch):
-    """Fails the test if the run gets as far as building (compiling) the train state."""
-
-    def refuse(*args, **kwargs):
-        raise AssertionError("reached model initialisation; the error should come first")
-
-    monkeypatch.setattr(loop, "create_train_state", refuse)
-
-
 def test_every_recipe_is_listed():
     assert set(RECIPES) >= {
         "default",
