@@ -147,3 +147,16 @@ def test_prepare_without_the_tars_names_them_and_fails(tmp_path, capsys):
     assert "Traceback" not in err and "ILSVRC2012_img_train.tar" in err
     assert _readme_command(tmp_path) in err
     assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.tfrecord*"))
+
+
+def test_prepare_takes_a_new_data_dir_and_leaves_none_behind_on_failure(tmp_path, capsys):
+    """A data_dir that does not exist yet is what preparing is for (unlike train.py, which
+    refuses one); a failed preparation writes no dataset files there."""
+    from resnet_jax.data import prepare
+
+    new = tmp_path / "tfds"
+    assert prepare.main(["imagenet2012", f"--data_dir={new}"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ImageNet (imagenet2012) cannot be downloaded automatically")
+    assert "data.data_dir" not in err  # not refused as a mistyped train.py data_dir
+    assert not list(tmp_path.rglob("*.json")) and not list(tmp_path.rglob("*.tfrecord*"))

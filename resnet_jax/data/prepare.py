@@ -13,6 +13,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from etils import epath
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -40,9 +42,14 @@ def main(argv: list[str] | None = None) -> int:
             dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir, download=True
         )
     )
+    data_dir = epath.Path(args.data_dir)
+    created = not data_dir.exists()
     try:
+        data_dir.mkdir(parents=True, exist_ok=True)  # A new data_dir is what this is for.
         builder = tfds_builder(config)
     except (ValueError, OSError) as e:
+        if created and data_dir.is_dir() and not any(data_dir.iterdir()):
+            data_dir.rmdir()  # Nothing half-made is left behind.
         print(f"error: {e}", file=sys.stderr)
         return 1
     splits = ", ".join(f"{k}: {v.num_examples}" for k, v in sorted(builder.info.splits.items()))
