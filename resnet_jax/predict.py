@@ -85,7 +85,7 @@ def format_table(predictions: list[Prediction]) -> str:
     return "\n".join(lines)
 
 
-def _positive_int(text: str) -> int:
+def positive_int(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
@@ -98,8 +98,10 @@ def _positive_int(text: str) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("inputs", nargs="+", help="image files or folders")
-    parser.add_argument("--checkpoint", help="a converted checkpoint, a training workdir, or "
-                        "an exported .onnx or .tflite file")
+    parser.add_argument(
+        "--checkpoint",
+        help="a converted checkpoint, a training workdir, or an exported .onnx or .tflite file",
+    )
     parser.add_argument("--model", help="with --random-init: a model name (smoke tests)")
     parser.add_argument(
         "--random-init",
@@ -109,12 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", help="override the checkpoint's preprocessing preset")
     parser.add_argument(
         "--top-k",
-        type=_positive_int,
+        type=positive_int,
         default=5,
         help="classes listed per image, at least 1 (default 5); a k above the number of "
         "classes lists them all",
     )
-    parser.add_argument("--batch-size", type=_positive_int, default=32)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--output", help="write predictions to a .json or .csv file")
     parser.add_argument(
         "--features",

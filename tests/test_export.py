@@ -177,6 +177,47 @@ def test_predict_takes_exported_files(exported, checkpoint, photo_folder, tmp_pa
     assert "class_" in capsys.readouterr().out
 
 
+def test_features_of_an_exported_file_are_refused_before_reading_images(
+    exported, photo_folder, tmp_path, capsys
+):
+    code = predict_main(
+        [
+            str(photo_folder),
+            "--checkpoint",
+            str(exported / "model.onnx"),
+            "--output",
+            str(tmp_path / "p.json"),
+            "--features",
+            str(tmp_path / "f.npz"),
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "An exported model gives logits only" in err
+    assert os.listdir(tmp_path) == []
+
+
+def test_bad_export_options_are_refused_before_loading(checkpoint, tmp_path, monkeypatch, capsys):
+    """A non-positive sample count, an output that is a file (even with --overwrite) and a
+    missing converter each get one line before the checkpoint is read."""
+    with pytest.raises(SystemExit) as stop:
+        export_main([str(checkpoint), "--output", str(tmp_path / "o"), "--calibration-samples=0"])
+    assert stop.value.code == 2 and "must be at least 1" in capsys.readouterr().err
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep")
+    assert export_main([str(checkpoint), "--output", str(a_file), "--overwrite"]) == 2
+    assert "is a file; give --output a folder" in capsys.readouterr().err
+    assert a_file.read_text() == "keep"
+    real_find_spec = exporter.find_spec
+    monkeypatch.setattr(
+        exporter, "find_spec", lambda m: None if m == "jax2onnx" else real_find_spec(m)
+    )
+    assert export_main([str(checkpoint), "--output", str(tmp_path / "o"), "--formats=onnx"]) == 2
+    err = capsys.readouterr().err
+    assert "needs jax2onnx, which is not installed: pip install 'resnet-jax[export]'" in err
+    assert sorted(os.listdir(tmp_path)) == ["taken"]
+
+
 def test_missing_calibration_folder_is_refused(checkpoint, tmp_path, capsys):
     out = tmp_path / "out"
     code = export_main(

@@ -14,6 +14,7 @@ import argparse
 import sys
 
 from resnet_jax.export.exporter import DEFAULT_FORMATS, FILES, ExportError, export_checkpoint
+from resnet_jax.predict import positive_int
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,7 +30,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"{','.join(DEFAULT_FORMATS)}, plus litert_int8 with --calibration)",
     )
     parser.add_argument("--calibration", help="folder of images for int8 calibration")
-    parser.add_argument("--calibration-samples", type=int, default=200)
+    parser.add_argument(
+        "--calibration-samples",
+        type=positive_int,
+        default=200,
+        help="images taken from --calibration, spread over the folder (default 200)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace a non-empty --output")
     return parser
 

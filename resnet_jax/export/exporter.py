@@ -17,6 +17,7 @@ import os
 import shutil
 import uuid
 from collections.abc import Sequence
+from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,12 @@ FILES = {
     "litert_int8": "model_int8.tflite",
 }
 DEFAULT_FORMATS = ("stablehlo", "onnx", "litert")
+# The modules each format is converted and checked with (the `export` extra and TensorFlow).
+NEEDS = {
+    "onnx": ("jax2onnx", "onnx", "onnxruntime"),
+    "litert": ("tensorflow", "ai_edge_litert"),
+    "litert_int8": ("tensorflow", "ai_edge_litert"),
+}
 CHECK_IMAGES = 8
 
 
@@ -50,13 +57,21 @@ def check_formats(names: Sequence[str], calibration: str | os.PathLike | None) -
             "litert_int8 needs a calibration folder of images (--calibration "
             "FOLDER), e.g. a few hundred training images."
         )
+    missing = sorted({m for n in names for m in NEEDS.get(n, ()) if find_spec(m) is None})
+    if missing:
+        raise ExportError(
+            f"Exporting {', '.join(names)} needs {', '.join(missing)}, which is not installed: "
+            "pip install 'resnet-jax[export]'."
+        )
     return tuple(dict.fromkeys(names))
 
 
 def check_output(output: str | os.PathLike, overwrite: bool) -> Path:
     """The output folder: new, empty, or (with ``overwrite``) to be replaced at the end."""
     output = Path(output)
-    if output.exists() and (not output.is_dir() or any(output.iterdir())) and not overwrite:
+    if output.exists() and not output.is_dir():
+        raise ExportError(f"{output} is a file; give --output a folder (new or empty).")
+    if output.exists() and any(output.iterdir()) and not overwrite:
         raise ExportError(
             f"{output} exists and is not empty; choose a new folder or pass --overwrite."
         )

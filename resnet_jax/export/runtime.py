@@ -80,10 +80,16 @@ def open_runner(path: str | os.PathLike, threads: int | None = None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model file.")
-    if path.suffix == ".onnx":
-        return OnnxRunner(path, threads or 0)
-    if path.suffix == ".tflite":
-        return LiteRTRunner(path, threads)
+    try:
+        if path.suffix == ".onnx":
+            return OnnxRunner(path, threads or 0)
+        if path.suffix == ".tflite":
+            return LiteRTRunner(path, threads)
+    except ImportError as e:
+        raise ValueError(
+            f"Running {path.name} needs {e.name}, which is not installed: "
+            "pip install 'resnet-jax[export]'."
+        ) from None
     raise ValueError(f"{path}: not an exported model; expected a {' or '.join(SUFFIXES)} file.")
 
 
@@ -117,11 +123,14 @@ class ExportedPredictor(Predictor):
 
         self._forward = forward
 
-    def features(self, inputs):
+    def check_can_embed(self) -> None:
         raise ValueError(
             "An exported model gives logits only; extract features with the "
             "checkpoint it was exported from."
         )
+
+    def features(self, inputs):
+        self.check_can_embed()
 
 
 def load_exported_predictor(
