@@ -38,9 +38,7 @@ def test_tiny_run_measures_both_parallelisms_on_two_devices(tiny_record):
 def test_tiny_run_feeds_the_step_from_the_input_pipeline(tiny_record):
     e2e = tiny_record[0]["end_to_end"]
     assert e2e["pipeline_images_per_sec"] > 0 and e2e["synthetic_images_per_sec"] > 0
-    assert e2e["pipeline_over_synthetic"] == pytest.approx(
-        e2e["pipeline_images_per_sec"] / e2e["synthetic_images_per_sec"]
-    )
+    assert e2e["per_device_batch"] == 2 and e2e["input_bound"] in (True, False)
 
 
 def test_tiny_run_checks_numerics_against_torchvision_and_skips_torch_compile_without_cuda(

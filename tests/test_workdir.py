@@ -141,3 +141,13 @@ def test_an_evaluation_error_comes_after_the_final_checkpoint(tmp_path, monkeypa
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))
     assert ckpt.all_steps() == [2, 4, 6]
     ckpt.close()
+
+
+def test_a_damaged_config_json_is_named_and_nothing_changes(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "config.json").write_text('{"model": {"name": "resnet20"')  # cut off mid-write
+    before = tree_digest(workdir)
+    with pytest.raises(ConfigError, match=r"config.json is not readable JSON .* new --workdir"):
+        train_and_evaluate(tiny_config(), str(workdir))
+    assert tree_digest(workdir) == before

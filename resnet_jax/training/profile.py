@@ -42,11 +42,13 @@ class StepProfiler:
         self.span = parse_steps(steps)
         self.logdir = epath.Path(workdir) / PROFILE_DIR
         self.active = False
+        self.done = False  # One trace per run.
 
     def before(self, step: int) -> None:
-        if self.span is not None and step == self.span[0]:
+        """Starts at ``first``, or at the first step of a run resumed inside the span."""
+        if self.span is not None and not self.done and self.span[0] <= step <= self.span[1]:
             jax.profiler.start_trace(str(self.logdir))
-            self.active = True
+            self.active = self.done = True
 
     def after(self, step: int, outputs: Any) -> None:
         if self.active and step >= self.span[1]:

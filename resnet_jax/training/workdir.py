@@ -114,7 +114,13 @@ def read_recorded_config(workdir: str) -> dict[str, Any] | None:
     if not os.path.isfile(path):
         return None
     with open(path) as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(
+                f"{path} is not readable JSON ({e}): it records the run in this workdir. Restore "
+                "it, or use a new --workdir; nothing was changed."
+            ) from None
 
 
 def check_recorded_model(
