@@ -239,6 +239,7 @@ def measure_numerics(plan: Plan) -> dict[str, Any]:
     import numpy as np
 
     try:
+        from resnet_jax.convert.compare import relative_difference
         from resnet_jax.convert.numerics import build_reference, make_inputs
     except ImportError as e:
         return {"skipped": f"reference frameworks missing: {e}"}
@@ -263,12 +264,11 @@ def measure_numerics(plan: Plan) -> dict[str, Any]:
     for name, precision in (("highest", "highest"), ("default", None)):
         with jax.default_matmul_precision(precision):
             ours = np.asarray(forward(variables, x))
-        scale = float(np.abs(theirs).max())
         top5_ours = np.argsort(-ours, axis=1)[:, :5]
         top5_theirs = np.argsort(-theirs, axis=1)[:, :5]
         out[name] = {
             "max_abs_diff": float(np.abs(ours - theirs).max()),
-            "rel_max_diff": float(np.abs(ours - theirs).max()) / scale,
+            "rel_max_diff": relative_difference(ours, theirs),
             "top5_equal": int(
                 sum(np.array_equal(a, b) for a, b in zip(top5_ours, top5_theirs, strict=True))
             ),

@@ -186,9 +186,10 @@ def load_workdir(workdir: str | Path) -> tuple[ResNet, dict[str, Any], Preset, A
         preset_from_config,
         read_config,
     )
+    from resnet_jax.training.workdir import CONFIG_FILE
 
     variables, meta = load_variables(workdir)
-    config_json = Path(workdir) / "config.json"
+    config_json = Path(workdir) / CONFIG_FILE
     saved = read_config(workdir) if config_json.is_file() else None
     recorded = meta.get("config")
     config = ml_collections.ConfigDict(recorded) if recorded else saved

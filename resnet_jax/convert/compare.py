@@ -54,6 +54,16 @@ def flax_activations(model: nn.Module, variables: Variables, x: np.ndarray) -> A
     return {k: np.asarray(v) for k, v in acts.items()}
 
 
+def _relative(max_abs: float, scale: float) -> float:
+    return max_abs / max(scale, np.finfo(np.float32).tiny)
+
+
+def relative_difference(ours: np.ndarray, theirs: np.ndarray) -> float:
+    """max|ours - theirs| / max|theirs|: the difference relative to the reference's scale."""
+    theirs = np.asarray(theirs)
+    return float(_relative(np.abs(np.asarray(ours) - theirs).max(), np.abs(theirs).max()))
+
+
 @dataclasses.dataclass(frozen=True)
 class Row:
     name: str  # 'stem', 'layer1_0', 'post_bn', 'pooled', 'logits'
@@ -63,7 +73,7 @@ class Row:
 
     @property
     def rel(self) -> float:
-        return self.max_abs / max(self.ref_scale, np.finfo(np.float32).tiny)
+        return _relative(self.max_abs, self.ref_scale)
 
     @property
     def stage_block(self) -> tuple[str, str]:

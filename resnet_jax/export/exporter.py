@@ -24,6 +24,7 @@ from typing import Any
 import jax
 import numpy as np
 
+from resnet_jax.convert.compare import relative_difference
 from resnet_jax.export import formats, runtime
 from resnet_jax.images import batches, list_images
 from resnet_jax.inference import Predictor
@@ -113,10 +114,6 @@ def _logits_fn(predictor: Predictor):
     return lambda x: model.apply(variables, x)
 
 
-def _relative_difference(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
-
-
 def _check(path: Path, name: str, images: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
     """The written file run on ``images`` against the JAX model's logits."""
     if name == "stablehlo":
@@ -127,7 +124,7 @@ def _check(path: Path, name: str, images: np.ndarray, reference: np.ndarray) -> 
     agree = float(np.mean(logits.argmax(-1) == reference.argmax(-1)))
     return {
         "images": len(images),
-        "max_relative_difference": _relative_difference(logits, reference),
+        "max_relative_difference": relative_difference(logits, reference),
         "top1_agreement": agree,
     }
 
