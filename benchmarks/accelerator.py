@@ -243,7 +243,7 @@ def measure_numerics(plan: Plan) -> dict[str, Any]:
         from resnet_jax.convert.numerics import build_reference, make_inputs
     except ImportError as e:
         return {"skipped": f"reference frameworks missing: {e}"}
-    from resnet_jax.models import create_model
+    from benchmarks.jax_bench import JaxConfig
 
     try:
         import torch
@@ -255,7 +255,7 @@ def measure_numerics(plan: Plan) -> dict[str, Any]:
     with torch.no_grad():  # float32 on the CPU: no TF32, no GPU kernels in the reference.
         nchw = torch.from_numpy(np.ascontiguousarray(inputs.x.transpose(0, 3, 1, 2)))
         theirs = reference.model.cpu().eval()(nchw).numpy()
-    model = create_model(plan.numerics_model)
+    model = JaxConfig(plan.numerics_model, "fp32").build_model()  # As torchvision's: fp32
     device = jax.devices()[0]
     variables = jax.device_put(reference.variables, device)
     x = jax.device_put(inputs.x, device)

@@ -25,8 +25,10 @@ import optax
 from benchmarks.common import peak_flops
 from resnet_jax import parallel as par
 from resnet_jax import platform
+from resnet_jax.build import build_model
 from resnet_jax.data.presets import get_preset
-from resnet_jax.models import create_model, layers
+from resnet_jax.models import layers
+from resnet_jax.spec import default_config
 from resnet_jax.training import steps
 from resnet_jax.training.state import TrainState, create_train_state
 
@@ -55,17 +57,18 @@ class JaxConfig:
     plain_convs: bool = False  # 1x1 convolutions as XLA convolutions on CPU too
     model_kwargs: tuple[tuple[str, Any], ...] = ()
 
-    def build_model(self, **overrides: Any):
-        return create_model(
-            self.model,
-            num_classes=self.num_classes,
-            dtype=DTYPES[self.precision],
-            param_dtype=jnp.float32,
+    def build_model(self, parallel: par.DataParallel | None = None):
+        """The benchmarked network, built as training builds a run's (``resnet_jax.build``)."""
+        config = default_config()
+        config.model.update(
+            name=self.model,
+            zero_init_last_bn=False,
             remat=self.remat,
             space_to_depth=self.space_to_depth,
-            **dict(self.model_kwargs),
-            **overrides,
+            kwargs=dict(self.model_kwargs),
         )
+        config.dtype = jnp.dtype(DTYPES[self.precision]).name
+        return build_model(config, self.num_classes, parallel=parallel)
 
     @property
     def xla_defaults(self) -> bool:
@@ -141,7 +144,7 @@ def count_all_reduces(hlo_text: str) -> int:
 @functools.lru_cache(maxsize=4)
 def _host_state(model: str, num_classes: int, image_size: int, kwargs: tuple) -> TrainState:
     """The initial train state (SGD momentum) on the host, shared by runners of one net."""
-    net = create_model(model, num_classes=num_classes, **dict(kwargs))
+    net = JaxConfig(model, "fp32", num_classes=num_classes, model_kwargs=kwargs).build_model()
     tx = optax.sgd(0.1, momentum=0.9)
     state = create_train_state(net, tx, seed=0, image_shape=(image_size, image_size, 3))
     return jax.device_get(state)
@@ -180,7 +183,7 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
     if len(devices) < cfg.num_devices:
         raise ValueError(f"{cfg.num_devices} devices asked for, {len(jax.devices())} present.")
     parallel = par.create_data_parallel(cfg.parallelism, devices=devices)
-    model = cfg.build_model(**parallel.model_overrides())
+    model = cfg.build_model(parallel)
     tx = optax.sgd(0.1, momentum=0.9)
     fn = steps.compile_train_step(
         parallel,

@@ -12,11 +12,11 @@ import pytest
 from recipes import load_config
 
 from resnet_jax import checkpoint
+from resnet_jax.build import build_model
 from resnet_jax.data import digits, pipeline
 from resnet_jax.parallel import create_data_parallel
 from resnet_jax.training import optim, steps, train_and_evaluate
 from resnet_jax.training.evaluate import evaluate
-from resnet_jax.training.loop import build_model
 from resnet_jax.training.state import create_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -143,7 +143,7 @@ def test_evaluation_counts_every_example_once():
     info = pipeline.get_dataset_info(config.data)
     assert info.num_eval % config.eval_batch_size != 0
     parallel = create_data_parallel("shard_map")
-    model = build_model(config, info.num_classes, parallel)
+    model = build_model(config, info.num_classes, parallel=parallel)
     tx = optim.create_optimizer(config.optimizer, lambda step: 0.1)
     state = create_train_state(model, tx, seed=0, image_shape=(8, 8, 3))
     eval_fn = steps.compile_eval_step(parallel, model=model)

@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from recipes import load_config
 
+from resnet_jax.build import build_model
 from resnet_jax.data import pipeline, presets
 from resnet_jax.parallel import create_data_parallel
 from resnet_jax.training import optim, steps, validate
-from resnet_jax.training.loop import build_model, train_and_evaluate
+from resnet_jax.training.loop import train_and_evaluate
 from resnet_jax.training.state import create_train_state
 
 pytestmark = pytest.mark.usefixtures("fast_compile")
@@ -66,7 +67,7 @@ def test_the_steps_normalise_uint8_on_the_device_as_the_host_would():
     config.data.image_size = 8
     config.model.kwargs = {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8), "stem_width": 4}
     parallel = create_data_parallel("shard_map", devices=jax.devices()[:2])
-    model = build_model(config, 10, parallel)
+    model = build_model(config, 10, parallel=parallel)
     tx = optim.create_optimizer(config.optimizer, lambda step: 0.1)
     state = parallel.replicate(create_train_state(model, tx, seed=0, image_shape=(8, 8, 3)))
     preset = presets.get_preset("torchvision_v1")

@@ -135,7 +135,7 @@ def test_an_evaluation_error_comes_after_the_final_checkpoint(tmp_path, monkeypa
     def fail(*args, **kwargs):
         raise ValueError("The evaluation split yielded no batches.")
 
-    monkeypatch.setattr(loop, "evaluate", fail)
+    monkeypatch.setattr(loop, "eval_sums", fail)
     with pytest.raises(ValueError, match="no batches"):
         train_and_evaluate(tiny_config(eval_every_steps=TINY_STEPS), str(tmp_path))
     ckpt = checkpoint.Checkpointer(str(tmp_path / "checkpoints"))

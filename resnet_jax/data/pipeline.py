@@ -22,7 +22,6 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import logging
 
 from resnet_jax.data import digits, folder, presets, shards, synthetic
 
@@ -91,13 +90,14 @@ def default_data_config() -> ml_collections.ConfigDict:
 
 
 def with_defaults(config: Any) -> ml_collections.ConfigDict:
-    """``config`` (ConfigDict or dict) with every missing field taken from the defaults."""
-    merged = default_data_config().to_dict()
+    """``config`` (ConfigDict or dict) with every missing field taken from the defaults, for
+    callers of the pipeline alone; a run's data config (frozen, from its spec) is complete."""
+    if isinstance(config, ml_collections.FrozenConfigDict):
+        return config
+    from resnet_jax.spec import merge_defaults
+
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    unknown = sorted(set(given) - set(merged))
-    if unknown:
-        logging.warning("Ignoring unknown data config fields: %s", ", ".join(unknown))
-    merged.update(given)
+    merged = merge_defaults(default_data_config().to_dict(), given, "data.")
     return ml_collections.ConfigDict(merged)
 
 
@@ -290,7 +290,9 @@ def create_eval_iterator(
     local_batch = _local_batch(global_batch_size, count)
     if config.dataset == "synthetic":
         return synthetic.eval_iterator(
-            _synthetic(config, False, 0), local_batch=local_batch, process_index=index,
+            _synthetic(config, False, 0),
+            local_batch=local_batch,
+            process_index=index,
             process_count=count,
         )
     import tensorflow as tf

@@ -6,7 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -16,9 +16,8 @@ import numpy as np
 from jax import lax
 
 from resnet_jax.data import presets
-from resnet_jax.parallel import DataParallel
 from resnet_jax.training import steps
-from resnet_jax.training.evaluate import pad_batch
+from resnet_jax.training.evaluate import eval_sums
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.steps import AxisNames
 
@@ -42,28 +41,6 @@ def confusion_step(
     counts = jnp.zeros((num_classes, num_classes), jnp.int32)
     counts = counts.at[batch["label"], predicted].add(batch["mask"].astype(jnp.int32))
     return lax.psum(counts, axis_name)
-
-
-def confusion_matrix(
-    confusion_fn: Callable,
-    state: Any,
-    batches: Iterable[dict[str, np.ndarray]],
-    parallel: DataParallel,
-    *,
-    local_batch_size: int,
-    max_steps: int = -1,
-) -> np.ndarray:
-    """Sums ``confusion_fn`` (a compiled ``confusion_step``) over the eval batches, as the
-    evaluation does: each example once, the padded tail masked out."""
-    total = None
-    for i, batch in enumerate(batches):
-        if 0 <= max_steps <= i:
-            break
-        out = confusion_fn(state, parallel.shard_batch(pad_batch(batch, local_batch_size)))
-        total = out if total is None else total + out
-    if total is None:
-        raise ValueError("The evaluation split yielded no batches.")
-    return np.asarray(jax.device_get(parallel.unreplicate(total)), np.int64)
 
 
 def plot_confusion_matrix(
@@ -98,32 +75,25 @@ def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
     """After a finished run with evaluation, for datasets of at most
     ``config.confusion_matrix_max_classes`` classes: the matrix of the final state, its top-1
     (printed and logged as split 'final'), JSON and PNG. None when not applicable.
-    ``run`` is the loop's record of the run: its config, dataset info, model and writers."""
-    from resnet_jax.data import pipeline
-
-    config, info, parallel = run.config, run.info, run.parallel
-    limit = config.get("confusion_matrix_max_classes", 0)
-    finished = result["step"] >= run.total_steps  # Not after a preemption.
-    if config.eval_every_steps < 0 or not finished or not 0 < info.num_classes <= limit:
+    ``run`` is the loop's record of the run: its spec, built model, workdir and writers.
+    The counts are summed as the evaluation sums its metrics (``evaluate.eval_sums``)."""
+    spec, parallel = run.spec, run.parallel
+    limit = spec.config.confusion_matrix_max_classes
+    finished = result["step"] >= spec.total_steps  # Not after a preemption.
+    if spec.config.eval_every_steps < 0 or not finished or not 0 < spec.num_classes <= limit:
         return None
     step_fn = functools.partial(
         confusion_step,
-        model=run.model,
+        model=run.built.model,
         axis_name=parallel.axis_name,
-        num_classes=info.num_classes,
-        preset=run.preset,
+        num_classes=spec.num_classes,
+        preset=run.built.preset,
     )
-    counts = confusion_matrix(
-        parallel.compile(step_fn, donate_state=False),
-        result["state"],
-        pipeline.create_eval_iterator(config.data, global_batch_size=config.eval_batch_size),
-        parallel,
-        local_batch_size=config.eval_batch_size // jax.process_count(),
-        max_steps=config.num_eval_steps,
-    )
+    compiled = parallel.compile(step_fn, donate_state=False)
+    counts = np.asarray(eval_sums(spec, compiled, result["state"], parallel), np.int64)
     count = int(counts.sum())
     top1 = float(np.trace(counts)) / max(count, 1)
-    names = list(info.class_names) if info.class_names else None
+    names = list(spec.class_names) if spec.class_names else None
     out = {"step": result["step"], "top1": top1, "count": count, "class_names": names}
     if jax.process_index() == 0:
         with open(os.path.join(run.workdir, JSON_FILE), "w") as f:

@@ -27,6 +27,28 @@ def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
     }
 
 
+def sum_batches(
+    step_fn: Callable,
+    state: Any,
+    batches: Iterable[dict[str, np.ndarray]],
+    parallel: DataParallel,
+    *,
+    local_batch_size: int,
+    max_steps: int = -1,
+) -> Any:
+    """``step_fn``'s outputs (psum-reduced, e.g. metric sums or a confusion matrix) summed over
+    ``batches``, each padded to the local batch size, as one host copy."""
+    sums = None
+    for i, batch in enumerate(batches):
+        if 0 <= max_steps <= i:
+            break
+        out = step_fn(state, parallel.shard_batch(pad_batch(batch, local_batch_size)))
+        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
+    if sums is None:
+        raise ValueError("The evaluation split yielded no batches.")
+    return jax.device_get(parallel.unreplicate(sums))
+
+
 def evaluate(
     eval_fn: Callable,
     state: Any,
@@ -37,12 +59,24 @@ def evaluate(
     max_steps: int = -1,
 ) -> dict[str, float]:
     """Mean loss, top-1 and top-5 over the real examples of ``batches``, plus their count."""
-    sums = None
-    for i, batch in enumerate(batches):
-        if 0 <= max_steps <= i:
-            break
-        out = eval_fn(state, parallel.shard_batch(pad_batch(batch, local_batch_size)))
-        sums = out if sums is None else jax.tree.map(lambda a, b: a + b, sums, out)
-    if sums is None:
-        raise ValueError("The evaluation split yielded no batches.")
-    return mean_metrics(jax.device_get(parallel.unreplicate(sums)))
+    sums = sum_batches(
+        eval_fn, state, batches, parallel, local_batch_size=local_batch_size, max_steps=max_steps
+    )
+    return mean_metrics(sums)
+
+
+def eval_sums(spec: Any, step_fn: Callable, state: Any, parallel: DataParallel) -> Any:
+    """``sum_batches`` over the eval split of the run ``spec`` (a RunSpec) describes: every
+    example once, at most ``num_eval_steps`` batches."""
+    from resnet_jax.data import pipeline
+
+    config = spec.config
+    batches = pipeline.create_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+    return sum_batches(
+        step_fn,
+        state,
+        batches,
+        parallel,
+        local_batch_size=spec.local_eval_batch,
+        max_steps=config.num_eval_steps,
+    )

@@ -1,9 +1,10 @@
 """Fine-tuning: start from converted or trained weights, with a new head for the dataset's
 classes and a backbone that is frozen, trained at a smaller learning rate, or frozen up to a stage.
 
-The loop calls ``prepare`` before it builds the train state (load and check the source, freeze
-stages in the model, partition the optimizer) and ``initialize`` once it has looked for its own
-checkpoint: a run that resumes from its workdir never reads ``init_from`` weights again.
+The run's spec resolves ``data.preset='init_from'`` and checks the settings; the builder freezes
+stages and partitions the optimizer; the loop calls ``load_source`` before it builds the train
+state and ``initialize`` once it has looked for its own checkpoint: a run that resumes from its
+workdir never reads ``init_from`` weights again.
 """
 
 from __future__ import annotations
@@ -65,33 +66,46 @@ def preset_fields(preset: presets.Preset) -> dict[str, Any]:
     }
 
 
-def load_pretrained(path: str) -> PretrainedWeights:
-    """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
-    from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
-    from resnet_jax.data.pipeline import with_defaults
+def source_preprocessing(path: str) -> dict[str, Any]:
+    """The config.data fields that feed inputs as the weights in ``path`` were fed: a converted
+    checkpoint's preset, or a training workdir's data config. Raises ConfigError for neither."""
+    from resnet_jax.convert.converted_checkpoint import is_converted, read_metadata
+    from resnet_jax.spec import complete
     from resnet_jax.training import restore
 
     if not os.path.isdir(path):
         raise ConfigError(f"init_from={path!r} does not exist or is not a folder.")
     if is_converted(path):
-        name, variables, meta = load_converted(path)
-        fields = preset_fields(presets.Preset.from_dict(meta["preset"]))
-        what = f"{name} converted from {meta.get('source')} ({meta.get('weights')})"
-        return PretrainedWeights(path, name, variables, fields, what)
+        return preset_fields(presets.Preset.from_dict(read_metadata(path)["preset"]))
     if restore.is_workdir(path):
         try:
-            config = restore.read_config(path)
-            variables, meta = restore.load_variables(path)
+            data = complete(restore.read_config(path)).data
         except FileNotFoundError as e:
             raise ConfigError(f"init_from={path!r}: {e}") from e
-        data = with_defaults(config.data)
-        fields = {k: data[k] for k in PRESET_FIELDS}
-        what = f"{config.model.name} trained in {path} (step {meta.get('step')})"
-        return PretrainedWeights(path, config.model.name, variables, fields, what)
+        return {k: data[k] for k in PRESET_FIELDS}
     raise ConfigError(
         f"init_from={path!r} is neither a converted checkpoint (written by python -m "
         "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
     )
+
+
+def load_pretrained(path: str) -> PretrainedWeights:
+    """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
+    from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
+    from resnet_jax.training import restore
+
+    fields = source_preprocessing(path)
+    if is_converted(path):
+        name, variables, meta = load_converted(path)
+        what = f"{name} converted from {meta.get('source')} ({meta.get('weights')})"
+        return PretrainedWeights(path, name, variables, fields, what)
+    try:
+        name = restore.read_config(path).model.name
+        variables, meta = restore.load_variables(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"init_from={path!r}: {e}") from e
+    what = f"{name} trained in {path} (step {meta.get('step')})"
+    return PretrainedWeights(path, name, variables, fields, what)
 
 
 def _flat(tree: Any) -> dict[str, Any]:
@@ -209,9 +223,7 @@ def create_finetune_optimizer(
 
 def check_settings(config: ml_collections.ConfigDict, num_stages: int) -> None:
     """Raises ConfigError for fine-tuning settings that cannot work."""
-    ft = config.get("finetune")
-    if ft is None:
-        raise ConfigError("init_from needs a finetune section; see configs/default.py.")
+    ft = config.finetune
     errors = []
     if ft.freeze not in FREEZE:
         errors.append(f"finetune.freeze={ft.freeze!r} is not one of {FREEZE}.")
@@ -228,22 +240,22 @@ def check_settings(config: ml_collections.ConfigDict, num_stages: int) -> None:
                 f"finetune.freeze={ft.freeze!r} keeps the initial weights: set init_from to the "
                 "converted checkpoint or training workdir to start from."
             )
-        if config.data.get("preset") == FROM_SOURCE:
+        if config.data.preset == FROM_SOURCE:
             errors.append(f"data.preset={FROM_SOURCE!r} needs init_from to take the preset from.")
     if errors:
         raise ConfigError("Invalid fine-tuning config:\n  - " + "\n  - ".join(errors))
 
 
-def _use_source_preprocessing(config: ml_collections.ConfigDict, source: PretrainedWeights) -> None:
-    """Sets ``data.preset='init_from'`` to the source's fields; warns on other normalisation."""
-    if config.data.get("preset") == FROM_SOURCE:
-        for key, value in source.data_fields.items():
-            config.data[key] = tuple(value) if isinstance(value, list) else value
-        return
-    from resnet_jax.data.pipeline import with_defaults
-
-    ours = presets.data_preset(with_defaults(config.data))
-    theirs = presets.data_preset(with_defaults({**config.data.to_dict(), **source.data_fields}))
+def source_data_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The data fields that ``data.preset='init_from'`` stands for (none without it); warns when
+    the configured normalisation is not the one the ``init_from`` weights were fed."""
+    if not config.init_from:
+        return {}
+    theirs = source_preprocessing(config.init_from)
+    if config.data.preset == FROM_SOURCE:
+        return theirs
+    ours = presets.data_preset(config.data)
+    theirs = presets.data_preset(ml_collections.ConfigDict({**config.data.to_dict(), **theirs}))
     if (ours.mode, ours.mean, ours.std) != (theirs.mode, theirs.mean, theirs.std):
         logging.warning(
             "init_from weights were fed %s inputs (mean %s, std %s), the data config feeds %s "
@@ -256,42 +268,22 @@ def _use_source_preprocessing(config: ml_collections.ConfigDict, source: Pretrai
             ours.std,
             FROM_SOURCE,
         )
+    return {}
 
 
-def prepare(
-    config: ml_collections.ConfigDict,
-    model: ResNet,
-    tx: optax.GradientTransformation,
-    learning_rate: optax.Schedule,
-) -> tuple[ResNet, optax.GradientTransformation, PretrainedWeights | None]:
-    """(model, optimizer, source) for the run: loads and checks ``init_from`` before anything
-    is written, resolves ``data.preset='init_from'``, freezes stages and partitions the
-    optimizer. Without fine-tuning settings, ``model`` and ``tx`` come back unchanged."""
-    if config.get("finetune") is None and not config.get("init_from"):
-        return model, tx, None  # A config written before fine-tuning existed.
-    num_stages = len(model.stage_sizes)
-    check_settings(config, num_stages)
-    ft = config.finetune
-    source = None
-    if config.init_from:
-        source = load_pretrained(config.init_from)
-        size = int(config.data.image_size)
-        x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
-        target = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
-        check_weights_fit(source, target, model_name=config.model.name, new_head=ft.new_head)
-        _use_source_preprocessing(config, source)
-    frozen = frozen_stage_count(ft, num_stages)
-    if frozen:
-        model = model.clone(frozen_stages=frozen)
-    if frozen or ft.backbone_lr_multiplier != 1.0:
-        tx = create_finetune_optimizer(
-            config.optimizer,
-            learning_rate,
-            frozen_stages=frozen,
-            num_stages=num_stages,
-            backbone_lr_multiplier=float(ft.backbone_lr_multiplier),
-        )
-    return model, tx, source
+def load_source(config: ml_collections.ConfigDict, model: ResNet) -> PretrainedWeights | None:
+    """The ``init_from`` weights (None without), checked to fit ``model`` before anything is
+    written; the head is exempt when ``finetune.new_head`` replaces it."""
+    if not config.init_from:
+        return None
+    source = load_pretrained(config.init_from)
+    size = int(config.data.image_size)
+    x = jnp.zeros((1, size, size, model.in_channels), jnp.float32)
+    target = jax.eval_shape(lambda: model.init(jax.random.key(0), x, train=False))
+    check_weights_fit(
+        source, target, model_name=config.model.name, new_head=config.finetune.new_head
+    )
+    return source
 
 
 def _host(x: Any) -> np.ndarray:

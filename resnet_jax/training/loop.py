@@ -1,7 +1,8 @@
 """``train_and_evaluate(config, workdir)``: the training loop and everything at its edges.
 
-Order of work: check the config (no compile), find the dataset, build mesh, model and
-optimizer, check that the workdir holds this run or none (before writing anything there),
+Order of work: resolve the config into the run's spec (checks, no compile; the dataset's
+counts), build mesh, model and optimizer through ``resnet_jax.build``, check that the workdir
+holds this run or none (before writing anything there, then the spec is its config.json),
 initialise or resume from its latest checkpoint, then train with periodic logging, evaluation
 and asynchronous checkpoints; finally plot the curves.
 """
@@ -9,7 +10,6 @@ and asynchronous checkpoints; finally plot the curves.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Callable
@@ -18,64 +18,30 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import ml_collections
-import optax
 from absl import logging
 
+from resnet_jax import build as builder
 from resnet_jax import parallel as par
+from resnet_jax import spec as run_spec
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint
-from resnet_jax.data import presets
-from resnet_jax.models import ResNet, create_model
-from resnet_jax.training import (
-    compile_cache,
-    confusion,
-    faults,
-    finetune,
-    optim,
-    steps,
-    validate,
-)
+from resnet_jax.training import compile_cache, confusion, faults, finetune, steps, validate
 from resnet_jax.training import workdir as workdirs
-from resnet_jax.training.evaluate import evaluate
+from resnet_jax.training.evaluate import eval_sums
 from resnet_jax.training.metrics import MetricWriter, ProgressBar
 from resnet_jax.training.plot import plot_curves
 from resnet_jax.training.profile import StepProfiler
 from resnet_jax.training.state import TrainState, create_train_state
-from resnet_jax.training.workdir import CONFIG_FILE
-
-
-def build_model(
-    config: ml_collections.ConfigDict, num_classes: int, parallel: par.DataParallel
-) -> ResNet:
-    """The configured architecture with compute dtype, BN axes and class count set."""
-    kwargs = {
-        "num_classes": num_classes,
-        "space_to_depth": config.model.get("space_to_depth", False),
-        "remat": config.model.get("remat", False),
-        **config.model.kwargs.to_dict(),
-    }
-    return create_model(
-        config.model.name,
-        dtype=jnp.dtype(config.dtype),
-        param_dtype=jnp.float32,
-        zero_init_last_bn=config.model.zero_init_last_bn,
-        **kwargs,
-        **parallel.model_overrides(),
-    )
 
 
 @dataclasses.dataclass
 class _Run:
     """Everything one run builds before its first step."""
 
-    config: ml_collections.ConfigDict
+    spec: run_spec.RunSpec
+    config: ml_collections.FrozenConfigDict  # spec.config
     workdir: str
-    info: Any
-    steps_per_epoch: int
-    total_steps: int
     parallel: par.DataParallel
-    model: ResNet  # As trained (with fine-tuning's frozen stages); the confusion matrix uses it.
-    lr_fn: optax.Schedule
-    preset: presets.Preset  # Normalises uint8 batches in every step that takes images.
+    built: builder.Built  # The model as trained (frozen stages): the confusion matrix's too.
     train_fn: Callable
     eval_fn: Callable
     state: TrainState
@@ -104,7 +70,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             if run.ckpt is not None:
                 run.ckpt.close()  # Waits for the asynchronous saves.
             run.writer.close()
-    if config.plot and jax.process_index() == 0:
+    if run.config.plot and jax.process_index() == 0:
         run.progress.message(f"Curves: {plot_curves(workdir)}")
     return result
 
@@ -114,33 +80,15 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         par.init_distributed(config.multihost)
     except ValueError as e:
         raise validate.ConfigError(str(e)) from e
-    from resnet_jax.data import pipeline  # TensorFlow, if any, loads lazily behind this.
-
     devices = jax.devices()
-    validate.check_config(config, num_devices=len(devices), process_count=jax.process_count())
     validate.check_workdir(workdir)
-    try:
-        info = pipeline.get_dataset_info(config.data)
-    except (ValueError, FileNotFoundError) as e:
-        raise validate.ConfigError(f"data ({config.data.dataset!r}): {e}") from e
-    steps_per_epoch = info.num_train // config.batch_size
-    total_steps = config.num_train_steps
-    if total_steps <= 0:
-        total_steps = int(round(config.num_epochs * steps_per_epoch))
-    validate.check_schedule(config, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
-
+    spec = run_spec.resolve(config, num_devices=len(devices), process_count=jax.process_count())
+    config = spec.config
     parallel = par.create_data_parallel(config.parallelism, bn_group_size=config.bn_group_size)
-    model = build_model(config, info.num_classes, parallel)
-    lr_fn = optim.create_learning_rate_schedule(
-        config.optimizer,
-        batch_size=config.batch_size,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
-    )
-    tx = optim.create_optimizer(config.optimizer, lr_fn)
-    model, tx, source = finetune.prepare(config, model, tx, lr_fn)
+    built = builder.build(spec, parallel)
+    source = finetune.load_source(config, built.model)
     size = config.data.image_size
-    state = create_train_state(model, tx, seed=config.seed, image_shape=(size, size, 3))
+    state = create_train_state(built.model, built.tx, seed=config.seed, image_shape=(size, size, 3))
     fingerprint = architecture_fingerprint(state.params)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     state = parallel.replicate(state)
@@ -150,45 +98,38 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     state = finetune.initialize(config, state, parallel, source)
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        workdirs.write_record(workdir, spec)
 
     compile_cache.enable(config.compilation_cache_dir)
-    preset = presets.data_preset(pipeline.with_defaults(config.data))  # for uint8 batches
     train_fn = steps.compile_train_step(
         parallel,
-        model=model,
-        tx=tx,
+        model=built.model,
+        tx=built.tx,
         label_smoothing=config.label_smoothing,
         skip_nonfinite=config.nonfinite == "skip",
-        preset=preset,
+        preset=built.preset,
     )
-    eval_fn = steps.compile_eval_step(parallel, model=model, preset=preset)
-    progress = ProgressBar(total_steps, enabled=is_main and config.progress_bar)
+    eval_fn = steps.compile_eval_step(parallel, model=built.model, preset=built.preset)
+    progress = ProgressBar(spec.total_steps, enabled=is_main and config.progress_bar)
     progress.message(
         f"{config.model.name} ({num_params:,} params, {config.dtype}) on {config.data.dataset} "
-        f"({info.num_train} train / {info.num_eval} eval images, {info.num_classes} classes): "
-        f"{total_steps} steps of {config.batch_size} on {parallel.num_devices} "
+        f"({spec.num_train} train / {spec.num_eval} eval images, {spec.num_classes} classes): "
+        f"{spec.total_steps} steps of {config.batch_size} on {parallel.num_devices} "
         f"{devices[0].platform} device(s) with {parallel.mode}. Workdir: {os.path.abspath(workdir)}"
     )
     meta = {
         "model_name": config.model.name,
         "architecture": fingerprint,
-        "num_classes": info.num_classes,
-        "class_names": list(info.class_names) if info.class_names else None,
-        "config": json.loads(config.to_json_best_effort()),
+        "num_classes": spec.num_classes,
+        "class_names": list(spec.class_names) if spec.class_names else None,
+        "config": workdirs.as_recorded(config),
     }
     return _Run(
+        spec=spec,
         config=config,
         workdir=workdir,
-        info=info,
-        steps_per_epoch=steps_per_epoch,
-        total_steps=total_steps,
         parallel=parallel,
-        model=model,
-        lr_fn=lr_fn,
-        preset=preset,
+        built=built,
         train_fn=train_fn,
         eval_fn=eval_fn,
         state=state,
@@ -211,7 +152,7 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
     start_step = int(jax.device_get(parallel.unreplicate(state).step))
     if start_step:
         progress.message(f"Resuming from the checkpoint at step {start_step}.")
-    epoch_steps = run.steps_per_epoch
+    epoch_steps = run.spec.steps_per_epoch
     eval_every = epoch_steps if config.eval_every_steps == 0 else config.eval_every_steps
     ckpt_every = config.checkpoint_every_steps or epoch_steps
     log_every = max(config.log_every_steps, 1)
@@ -225,7 +166,7 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
     window = _Window()
     run_start = time.perf_counter()
     step = start_step
-    for step in range(start_step + 1, run.total_steps + 1):
+    for step in range(start_step + 1, run.spec.total_steps + 1):
         run.profiler.before(step)
         state, metrics = run.train_fn(state, next(batches))
         run.profiler.after(step, (state, metrics))
@@ -234,7 +175,7 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
             jax.block_until_ready(metrics)
             logging.info("First step (compile + run): %.1f s.", window.restart_clock())
             run_start = time.perf_counter()
-        is_last = step == run.total_steps
+        is_last = step == run.spec.total_steps
         is_log, is_save = step % log_every == 0 or is_last, step % ckpt_every == 0 or is_last
         is_eval = config.eval_every_steps >= 0 and (step % eval_every == 0 or is_last)
         # Every process calls both at every step: each is collective on multi-host runs.
@@ -245,10 +186,11 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
             _check_finite(run, window)
         if is_log:
             last_train = window.summary(parallel, config.batch_size)
-            last_train.update(epoch=step / epoch_steps, learning_rate=float(run.lr_fn(step - 1)))
+            lr = float(run.built.lr_fn(step - 1))
+            last_train.update(epoch=step / epoch_steps, learning_rate=lr)
             run.writer.write("train", step, last_train)
             done = step - start_step - 1
-            left = run.total_steps - step
+            left = run.spec.total_steps - step
             eta = (time.perf_counter() - run_start) / done * left if done else None
             progress.update(
                 step,
@@ -268,7 +210,7 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
                 run.ckpt.wait()  # The checkpoint of this step is complete before the exit.
             where = run.ckpt.directory if run.ckpt is not None else None
             raise faults.Preempted(step, where, watcher.signum)
-    if start_step >= run.total_steps:
+    if start_step >= run.spec.total_steps:
         progress.message(f"Nothing to train: the checkpoint is at step {start_step} already.")
         if config.eval_every_steps >= 0:
             last_eval = _evaluate(run, state, step)
@@ -276,19 +218,8 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
 
 
 def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
-    from resnet_jax.data import pipeline
-
-    config = run.config
-    batches = pipeline.create_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
-    result = evaluate(
-        run.eval_fn,
-        state,
-        batches,
-        run.parallel,
-        local_batch_size=config.eval_batch_size // jax.process_count(),
-        max_steps=config.num_eval_steps,
-    )
-    result["epoch"] = step / run.steps_per_epoch
+    result = steps.mean_metrics(eval_sums(run.spec, run.eval_fn, state, run.parallel))
+    result["epoch"] = step / run.spec.steps_per_epoch
     run.writer.write("eval", step, result)
     run.progress.message(
         f"eval @ step {step}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "

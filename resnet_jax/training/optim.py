@@ -23,12 +23,17 @@ def peak_learning_rate(opt: ml_collections.ConfigDict, batch_size: int) -> float
     return opt.base_learning_rate * batch_size / 256
 
 
+def warmup_steps(opt: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+    """The linear warmup's length in steps: ``opt.warmup_epochs`` rounded to whole steps."""
+    return int(round(opt.warmup_epochs * steps_per_epoch))
+
+
 def create_learning_rate_schedule(
     opt: ml_collections.ConfigDict, *, batch_size: int, steps_per_epoch: int, total_steps: int
 ) -> optax.Schedule:
     """Linear warmup from 0 for ``opt.warmup_epochs``, then ``opt.lr_schedule`` decay."""
     peak = peak_learning_rate(opt, batch_size)
-    warmup = int(round(opt.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(opt, steps_per_epoch)
     remaining = max(total_steps - warmup, 1)
     if opt.lr_schedule == "cosine":
         after = optax.cosine_decay_schedule(peak, remaining)

@@ -1,13 +1,13 @@
 """What a training run left in its workdir, loaded back on one device for use elsewhere.
 
-The latest checkpoint's variables and the run's config, model and eval preprocessing: what
+The latest checkpoint's variables and the run's config, model and eval preprocessing (through
+``resnet_jax.spec.complete`` and ``resnet_jax.build.build_model``, as training has them): what
 ``resnet_jax.inference`` builds a predictor from, and what fine-tuning starts from
 (``config.init_from=WORKDIR``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 from typing import Any
@@ -16,9 +16,11 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from resnet_jax.build import build_model
 from resnet_jax.checkpoint import META, STATE, Checkpointer
-from resnet_jax.data.presets import Preset, data_preset
-from resnet_jax.models import ResNet, create_model
+from resnet_jax.data.presets import Preset
+from resnet_jax.models import ResNet
+from resnet_jax.spec import complete, eval_preset
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
@@ -80,29 +82,12 @@ def _state_metadata(directory: str, step: int) -> dict[str, Any]:
         manager.close()
 
 
-def _tuples(value: Any) -> Any:
-    """JSON lists back to the tuples the config held (module attributes must be hashable)."""
-    if isinstance(value, list):
-        return tuple(_tuples(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _tuples(v) for k, v in value.items()}
-    return value
-
-
 def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
-    """The run's architecture in float32 on one device (no BN axes), for inference."""
-    kwargs = _tuples(config.model.get("kwargs", ml_collections.ConfigDict()).to_dict())
-    kwargs.pop("frozen_stages", None)  # Training-only; inference is the same without it.
-    return create_model(config.model.name, num_classes=num_classes, **kwargs)
+    """The run's architecture in float32 on one device (no BN axes), for inference: the
+    builder's model of the recorded config with every default applied."""
+    return build_model(complete(config), num_classes, dtype="float32")
 
 
 def preset_from_config(config: ml_collections.ConfigDict) -> Preset:
-    """The run's eval preprocessing as a Preset: resize image_size / crop_pct and center-crop
-    image_size (or squash to image_size for eval_preprocess 'resize'), its normalisation."""
-    from resnet_jax.data.pipeline import with_defaults
-
-    data = with_defaults(config.data)
-    preset = data_preset(data)
-    if data.eval_preprocess == "resize":
-        preset = dataclasses.replace(preset, resize=preset.crop, resize_mode="squash")
-    return preset
+    """The run's eval preprocessing as a Preset (``spec.eval_preset`` of the recorded config)."""
+    return eval_preset(complete(config))

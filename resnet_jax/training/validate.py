@@ -1,7 +1,8 @@
 """Checks a run's config before anything is compiled, with messages that say what to change.
 
-``check_config`` needs only the config and the device count; ``check_workdir`` only the path;
-``check_schedule`` runs once the dataset size (and so the number of steps) is known.
+``check_config`` needs only the (complete) config and the device count; ``check_workdir`` only
+the path; ``check_schedule`` runs once the dataset size (and so the number of steps) is known.
+``resnet_jax.spec.resolve`` runs the config checks; the loop checks the workdir.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import ml_collections
 from resnet_jax.data.presets import IMAGE_DTYPES, INTERPOLATIONS
 from resnet_jax.models import list_models, model_spec
 from resnet_jax.parallel import MODES, check_batch_size
-from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES
+from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES, warmup_steps
 from resnet_jax.training.profile import parse_steps
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -52,13 +53,13 @@ def check_config(
             f"optimizer.lr_schedule {config.optimizer.lr_schedule!r} is not one of {SCHEDULES}."
         )
     errors += optimizer_problems(config.optimizer)
-    image_dtype = config.data.get("image_dtype", "float32")
+    image_dtype = config.data.image_dtype
     if image_dtype not in IMAGE_DTYPES:
         errors.append(
             f"data.image_dtype {image_dtype!r} is not one of {IMAGE_DTYPES} ('uint8' ships "
             "pixels and normalises them on the devices)."
         )
-    interpolation = config.data.get("interpolation", "bilinear")
+    interpolation = config.data.interpolation
     if interpolation not in INTERPOLATIONS:
         errors.append(f"data.interpolation {interpolation!r} is not one of {INTERPOLATIONS}.")
     if config.nonfinite not in NONFINITE:
@@ -158,7 +159,7 @@ def check_schedule(
 ) -> None:
     """Raises ConfigError when warmup or decay boundaries do not fit in the run."""
     opt = config.optimizer
-    warmup = int(round(opt.warmup_epochs * steps_per_epoch))
+    warmup = warmup_steps(opt, steps_per_epoch)
     errors = []
     if steps_per_epoch < 1:
         errors.append(

@@ -108,6 +108,14 @@ def check_unchanged(
     )
 
 
+def write_record(workdir: str, spec: Any) -> None:
+    """Writes the run's resolved spec (a RunSpec) as ``config.json``: every config field as
+    earlier runs recorded them, plus its derived numbers under 'derived'."""
+    os.makedirs(workdir, exist_ok=True)
+    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
+        f.write(json.dumps(spec.record(), indent=2, sort_keys=True) + "\n")
+
+
 def read_recorded_config(workdir: str) -> dict[str, Any] | None:
     """The config.json of an earlier run in ``workdir``, or None."""
     path = os.path.join(workdir, CONFIG_FILE)

@@ -1,0 +1,232 @@
+"""A run's config resolved once: every default applied, the dataset's counts and the numbers that
+follow from them computed, every impossible combination refused, then frozen.
+
+``resolve`` runs once, at the entry point (``train_and_evaluate``); the builder
+(``resnet_jax.build``), the loop and the workdir read the ``RunSpec`` it returns, and its
+``record()`` is the run's ``config.json``. ``complete`` gives an earlier run's config.json the
+same defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any
+
+import ml_collections
+from absl import logging
+
+from resnet_jax.data import pipeline, presets
+from resnet_jax.models import model_spec
+from resnet_jax.training import finetune, optim, validate
+
+DERIVED = "derived"  # config.json's section of the numbers resolved from the config and data.
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every field of a run with its default (ResNet-50 on ImageNet, SGD + Nesterov, cosine):
+    the base ``configs/`` recipes modify and what ``complete`` fills in."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0  # Initialisation, data order and augmentation all follow from it.
+
+    config.model = ml_collections.ConfigDict()
+    config.model.name = "resnet50"  # Any name of resnet_jax.list_models().
+    config.model.zero_init_last_bn = True  # Goyal et al.: last BN scale of each block at 0.
+    # Extra ResNet attributes (stage_widths, stem_width, ...): create_model(name, **kwargs).
+    config.model.kwargs = ml_collections.ConfigDict()
+    # The MLPerf TPU stem: the 7x7/2 conv as a 4x4 conv on 2x2 space-to-depth input, an exact
+    # reparametrisation on the same parameters (checkpoints load either way); even sizes only.
+    config.model.space_to_depth = False
+    # Recompute each block's activations in the backward pass (nn.remat): less memory for
+    # large per-device batches, about a third more compute.
+    config.model.remat = False
+    # Compute dtype: 'bfloat16' (params and BN statistics stay float32) or 'float32'.
+    config.dtype = "float32"
+
+    config.data = pipeline.default_data_config()
+
+    config.batch_size = 256  # Global, over all devices and hosts.
+    config.eval_batch_size = 256
+    config.num_epochs = 90.0
+    config.num_train_steps = -1  # > 0 overrides num_epochs.
+
+    config.optimizer = ml_collections.ConfigDict()
+    config.optimizer.name = "sgd"  # 'sgd' or 'lars'.
+    config.optimizer.base_learning_rate = 0.1  # Per 256 examples: peak = base * batch / 256.
+    config.optimizer.momentum = 0.9
+    config.optimizer.nesterov = True
+    config.optimizer.weight_decay = 1e-4  # Conv and dense kernels only.
+    config.optimizer.lr_schedule = "cosine"  # 'cosine', 'step', 'polynomial', 'constant'.
+    config.optimizer.warmup_epochs = 5.0  # Linear from 0 to the peak.
+    config.optimizer.lr_boundaries_steps = ()  # 'step': multiply by lr_decay_factor at each.
+    config.optimizer.lr_decay_factor = 0.1
+    config.optimizer.end_learning_rate = 0.0  # 'polynomial'.
+    config.optimizer.polynomial_power = 2.0
+    config.optimizer.grad_clip_norm = 0.0  # > 0 clips the global gradient norm.
+    config.optimizer.lars_trust_coefficient = 0.001
+    config.optimizer.lars_eps = 0.0
+    config.label_smoothing = 0.0
+
+    # Fine-tuning (resnet_jax/training/finetune.py; configs/finetune_folder.py): the weights to
+    # start from, a converted checkpoint dir or a training workdir ('' = train from scratch).
+    # The head is replaced for the dataset's classes; a rerun resumes from the workdir instead.
+    config.init_from = ""
+    config.finetune = ml_collections.ConfigDict()
+    # 'none': train everything; 'backbone': only the head (BN statistics frozen too);
+    # 'stages': the stem and the first `frozen_stages` stages stay frozen, the rest trains.
+    config.finetune.freeze = "none"
+    config.finetune.frozen_stages = 0  # 'stages' only: 1..number of stages.
+    config.finetune.backbone_lr_multiplier = 1.0  # Trainable backbone's rate / the head's.
+    config.finetune.new_head = True  # False keeps the source's head (same classes).
+
+    config.parallelism = "shard_map"  # 'shard_map' (jit over a device mesh) or 'pmap'.
+    config.bn_group_size = 0  # Devices per BatchNorm group; 0 = all devices (sync BN).
+    config.multihost = False  # Call jax.distributed.initialize() (also done when env says so).
+
+    config.log_every_steps = 100
+    config.eval_every_steps = 0  # 0: once per epoch; -1: never (not even at the end).
+    config.num_eval_steps = -1  # -1: the whole validation split.
+    config.checkpoint_every_steps = 0  # 0: once per epoch; always also at the end.
+    config.keep_checkpoints = 3  # 0: no saves (a workdir's checkpoint is still resumed from).
+    config.async_checkpointing = True
+    # An unreadable newest checkpoint: False stops with an error naming it; True resumes from
+    # the newest readable one and renames the unreadable ones to <step>.unreadable.
+    config.restore_fallback = False
+    # SIGTERM saves a checkpoint at the next step boundary and exits with status 75, Ctrl-C
+    # likewise with 130 (train.py); multi-host runs check whether any host was signalled every
+    # this many steps.
+    config.preemption_check_every_steps = 10
+    # A non-finite loss or gradient norm: 'stop' raises naming the step (its state is never
+    # saved); 'skip' keeps the previous state for that step and counts it in the metrics.
+    config.nonfinite = "stop"
+    config.prefetch_batches = 2
+    config.progress_bar = True
+    config.tensorboard = True
+    config.plot = True  # curves.png at the end.
+    # After the final evaluation, confusion_matrix.png/.json for datasets with at most this many
+    # classes (one more pass over the eval split); 0: never.
+    config.confusion_matrix_max_classes = 100
+    # A rerun in a workdir continues its run only under the same config: a change to a field
+    # that alters the result (schedule, num_epochs/num_train_steps, batch size, learning rate,
+    # data, seed, ...) is refused, naming each field. True continues the run's state under the
+    # new values (e.g. more epochs). Logging, evaluation, checkpointing, fault-handling and
+    # input-speed fields may change on any rerun (resnet_jax/training/workdir.py FREE_FIELDS).
+    config.allow_config_change = False
+    # JAX's persistent compilation cache, so that a restart loads the compiled steps: 'auto' =
+    # the user cache (~/.cache/resnet_jax/jax); any local or gs:// directory; '' = off.
+    config.compilation_cache_dir = "auto"
+    # 'first:last' (e.g. '10:15'): a jax.profiler trace of those steps in <workdir>/profile, for
+    # TensorBoard's profile plugin or XProf; '' = none.
+    config.profile_steps = ""
+    return config
+
+
+def merge_defaults(
+    defaults: dict[str, Any], given: dict[str, Any], where: str = ""
+) -> dict[str, Any]:
+    """``given`` over ``defaults``, section by section; unknown fields are kept, with a warning."""
+    unknown = sorted(set(given) - set(defaults) - {DERIVED})
+    if unknown and defaults:
+        logging.warning("Unknown config fields kept: %s", ", ".join(where + k for k in unknown))
+    out = dict(defaults)
+    for key, value in given.items():
+        if isinstance(out.get(key), dict) and isinstance(value, dict) and key != DERIVED:
+            value = merge_defaults(out[key], value, f"{where}{key}.")
+        if key != DERIVED:
+            out[key] = value
+    return out
+
+
+def complete(config: Any) -> ml_collections.FrozenConfigDict:
+    """``config`` (a ConfigDict, or the dict of a config.json, however old) with every missing
+    field taken from ``default_config()``, frozen; lists become tuples."""
+    given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+    return ml_collections.FrozenConfigDict(merge_defaults(default_config().to_dict(), given))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+    """One run, resolved: its complete config (frozen) and what follows from it, the devices
+    and the dataset. Batch sizes are global; ``per_device_batch`` is the train batch's share."""
+
+    config: ml_collections.FrozenConfigDict
+    num_devices: int
+    process_count: int
+    num_classes: int
+    class_names: tuple[str, ...] | None
+    num_train: int
+    num_eval: int
+    steps_per_epoch: int
+    total_steps: int
+    warmup_steps: int
+    per_device_batch: int
+    preset: presets.Preset  # The eval preprocessing; its normalisation is the steps' for uint8.
+
+    @property
+    def local_eval_batch(self) -> int:
+        """This process's share of an eval batch."""
+        return self.config.eval_batch_size // self.process_count
+
+    def record(self) -> dict[str, Any]:
+        """The run's config.json: every config field as before, the derived numbers under
+        'derived' (ignored by ``complete`` and by the resume check)."""
+        derived = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        del derived["config"]
+        derived["preset"] = self.preset.to_dict()
+        config = json.loads(self.config.to_json_best_effort())
+        return json.loads(json.dumps({**config, DERIVED: derived}))
+
+
+def eval_preset(config: Any) -> presets.Preset:
+    """The eval preprocessing of a complete config: resize image_size / crop_pct and center-crop
+    image_size (or squash to image_size for eval_preprocess 'resize'), its normalisation."""
+    preset = presets.data_preset(config.data)
+    if config.data.eval_preprocess == "resize":
+        preset = dataclasses.replace(preset, resize=preset.crop, resize_mode="squash")
+    return preset
+
+
+def num_stages(config: Any) -> int:
+    """Stages after the stem of the config's architecture (a known model name)."""
+    return len({**model_spec(config.model.name).kwargs, **config.model.kwargs}["stage_sizes"])
+
+
+def resolve(
+    config: Any,
+    *,
+    num_devices: int,
+    process_count: int,
+    dataset_info: pipeline.DatasetInfo | None = None,
+) -> RunSpec:
+    """The frozen RunSpec of ``config``; raises validate.ConfigError naming every field that
+    cannot work (before any data is read, except the dataset's counts when not given)."""
+    complete_config = complete(config)
+    validate.check_config(complete_config, num_devices=num_devices, process_count=process_count)
+    finetune.check_settings(complete_config, num_stages(complete_config))
+    resolved = complete_config.as_configdict()
+    resolved.data.update(finetune.source_data_fields(complete_config))
+    if dataset_info is None:
+        try:
+            dataset_info = pipeline.get_dataset_info(resolved.data)
+        except (ValueError, FileNotFoundError) as e:
+            raise validate.ConfigError(f"data ({resolved.data.dataset!r}): {e}") from e
+    steps_per_epoch = dataset_info.num_train // resolved.batch_size
+    total_steps = resolved.num_train_steps
+    if total_steps <= 0:
+        total_steps = int(round(resolved.num_epochs * steps_per_epoch))
+    validate.check_schedule(resolved, steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    frozen = ml_collections.FrozenConfigDict(resolved)
+    return RunSpec(
+        config=frozen,
+        num_devices=num_devices,
+        process_count=process_count,
+        num_classes=dataset_info.num_classes,
+        class_names=tuple(dataset_info.class_names) if dataset_info.class_names else None,
+        num_train=dataset_info.num_train,
+        num_eval=dataset_info.num_eval,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        warmup_steps=optim.warmup_steps(resolved.optimizer, steps_per_epoch),
+        per_device_batch=resolved.batch_size // num_devices,
+        preset=eval_preset(frozen),
+    )
