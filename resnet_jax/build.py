@@ -54,6 +54,17 @@ def build_model(
     )
 
 
+def model_from_config(config: Any, num_classes: int) -> ResNet:
+    """A recorded run's architecture (a config.json, however old) in float32 on one device
+    (no BN axes), for inference."""
+    return build_model(run_spec.complete(config), num_classes, dtype="float32")
+
+
+def preset_from_config(config: Any) -> Preset:
+    """A recorded run's eval preprocessing (``spec.eval_preset`` of the completed config)."""
+    return run_spec.eval_preset(run_spec.complete(config))
+
+
 def build(spec: run_spec.RunSpec, parallel: par.DataParallel | None = None) -> Built:
     """Model, preset, schedule and optimizer of the run ``spec`` describes; fine-tuning freezes
     stages in the model and partitions the optimizer (frozen, backbone, head)."""

@@ -180,12 +180,8 @@ def load_workdir(workdir: str | Path) -> tuple[ResNet, dict[str, Any], Preset, A
     The model is built from the config stored with the checkpoint, not from config.json, which
     a later run (or a person) may have rewritten; its parameter layout must match the saved one.
     """
-    from resnet_jax.training.restore import (
-        load_variables,
-        model_from_config,
-        preset_from_config,
-        read_config,
-    )
+    from resnet_jax.build import model_from_config, preset_from_config
+    from resnet_jax.training.restore import load_variables, read_config
     from resnet_jax.training.workdir import CONFIG_FILE
 
     variables, meta = load_variables(workdir)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from typing import Any
 
 import ml_collections
@@ -18,9 +19,12 @@ from absl import logging
 
 from resnet_jax.data import pipeline, presets
 from resnet_jax.models import model_spec
-from resnet_jax.training import finetune, optim, validate
+from resnet_jax.training import optim, validate
 
 DERIVED = "derived"  # config.json's section of the numbers resolved from the config and data.
+FREEZE = ("none", "backbone", "stages")  # finetune.freeze
+FROM_SOURCE = "init_from"  # data.preset value: the preprocessing that came with the weights.
+PRESET_FIELDS = ("preset", "mean", "std", "interpolation", "crop_pct")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -121,27 +125,13 @@ def default_config() -> ml_collections.ConfigDict:
     return config
 
 
-def merge_defaults(
-    defaults: dict[str, Any], given: dict[str, Any], where: str = ""
-) -> dict[str, Any]:
-    """``given`` over ``defaults``, section by section; unknown fields are kept, with a warning."""
-    unknown = sorted(set(given) - set(defaults) - {DERIVED})
-    if unknown and defaults:
-        logging.warning("Unknown config fields kept: %s", ", ".join(where + k for k in unknown))
-    out = dict(defaults)
-    for key, value in given.items():
-        if isinstance(out.get(key), dict) and isinstance(value, dict) and key != DERIVED:
-            value = merge_defaults(out[key], value, f"{where}{key}.")
-        if key != DERIVED:
-            out[key] = value
-    return out
-
-
 def complete(config: Any) -> ml_collections.FrozenConfigDict:
     """``config`` (a ConfigDict, or the dict of a config.json, however old) with every missing
     field taken from ``default_config()``, frozen; lists become tuples."""
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    return ml_collections.FrozenConfigDict(merge_defaults(default_config().to_dict(), given))
+    given.pop(DERIVED, None)
+    merged = pipeline.merge_defaults(default_config().to_dict(), given)
+    return ml_collections.FrozenConfigDict(merged)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,6 +181,96 @@ def num_stages(config: Any) -> int:
     return len({**model_spec(config.model.name).kwargs, **config.model.kwargs}["stage_sizes"])
 
 
+def preset_fields(preset: presets.Preset) -> dict[str, Any]:
+    """The config.data fields that give ``preset``: its name if registered, else its numbers."""
+    if preset.name in presets.PRESETS:
+        return {"preset": preset.name}
+    if preset.mode != "torch" or preset.resize_mode != "short_side":
+        raise validate.ConfigError(
+            f"The source's preprocessing {preset} is not a registered preset and cannot be set "
+            "through data.mean/std/crop_pct; set data.preset or those fields yourself."
+        )
+    return {
+        "preset": None,
+        "mean": tuple(preset.mean),
+        "std": tuple(preset.std),
+        "interpolation": preset.interpolation,
+        "crop_pct": preset.crop / preset.resize,
+    }
+
+
+def source_preprocessing(path: str) -> dict[str, Any]:
+    """The config.data fields that feed inputs as the weights in ``path`` were fed: a converted
+    checkpoint's preset, or a training workdir's data config. Raises ConfigError for neither."""
+    from resnet_jax.convert.converted_checkpoint import is_converted, read_metadata
+    from resnet_jax.training import restore
+
+    if not os.path.isdir(path):
+        raise validate.ConfigError(f"init_from={path!r} does not exist or is not a folder.")
+    if is_converted(path):
+        return preset_fields(presets.Preset.from_dict(read_metadata(path)["preset"]))
+    if restore.is_workdir(path):
+        try:
+            data = complete(restore.read_config(path)).data
+        except FileNotFoundError as e:
+            raise validate.ConfigError(f"init_from={path!r}: {e}") from e
+        return {k: data[k] for k in PRESET_FIELDS}
+    raise validate.ConfigError(
+        f"init_from={path!r} is neither a converted checkpoint (written by python -m "
+        "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
+    )
+
+
+def check_finetune(config: ml_collections.ConfigDict, num_stages: int) -> None:
+    """Raises ConfigError for fine-tuning settings that cannot work."""
+    ft = config.finetune
+    errors = []
+    if ft.freeze not in FREEZE:
+        errors.append(f"finetune.freeze={ft.freeze!r} is not one of {FREEZE}.")
+    if ft.freeze == "stages" and not 1 <= ft.frozen_stages <= num_stages:
+        errors.append(
+            f"finetune.frozen_stages={ft.frozen_stages} must be in [1, {num_stages}] with "
+            "freeze='stages' (the stem and that many stages stay frozen)."
+        )
+    if ft.backbone_lr_multiplier < 0:
+        errors.append(f"finetune.backbone_lr_multiplier={ft.backbone_lr_multiplier} must be >= 0.")
+    if not config.init_from:
+        if ft.freeze != "none":
+            errors.append(
+                f"finetune.freeze={ft.freeze!r} keeps the initial weights: set init_from to the "
+                "converted checkpoint or training workdir to start from."
+            )
+        if config.data.preset == FROM_SOURCE:
+            errors.append(f"data.preset={FROM_SOURCE!r} needs init_from to take the preset from.")
+    if errors:
+        raise validate.ConfigError("Invalid fine-tuning config:\n  - " + "\n  - ".join(errors))
+
+
+def source_data_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    """The data fields that ``data.preset='init_from'`` stands for (none without it); warns when
+    the configured normalisation is not the one the ``init_from`` weights were fed."""
+    if not config.init_from:
+        return {}
+    theirs = source_preprocessing(config.init_from)
+    if config.data.preset == FROM_SOURCE:
+        return theirs
+    ours = presets.data_preset(config.data)
+    theirs = presets.data_preset(ml_collections.ConfigDict({**config.data.to_dict(), **theirs}))
+    if (ours.mode, ours.mean, ours.std) != (theirs.mode, theirs.mean, theirs.std):
+        logging.warning(
+            "init_from weights were fed %s inputs (mean %s, std %s), the data config feeds %s "
+            "(mean %s, std %s); set --config.data.preset=%s to use theirs.",
+            theirs.mode,
+            theirs.mean,
+            theirs.std,
+            ours.mode,
+            ours.mean,
+            ours.std,
+            FROM_SOURCE,
+        )
+    return {}
+
+
 def resolve(
     config: Any,
     *,
@@ -202,9 +282,9 @@ def resolve(
     cannot work (before any data is read, except the dataset's counts when not given)."""
     complete_config = complete(config)
     validate.check_config(complete_config, num_devices=num_devices, process_count=process_count)
-    finetune.check_settings(complete_config, num_stages(complete_config))
+    check_finetune(complete_config, num_stages(complete_config))
     resolved = complete_config.as_configdict()
-    resolved.data.update(finetune.source_data_fields(complete_config))
+    resolved.data.update(source_data_fields(complete_config))
     if dataset_info is None:
         try:
             dataset_info = pipeline.get_dataset_info(resolved.data)

@@ -13,9 +13,9 @@ from recipes import load_config
 from recipes import tiny_synthetic_config as tiny_config
 
 from resnet_jax import spec as run_spec
-from resnet_jax.build import build, build_model
+from resnet_jax.build import build, build_model, model_from_config, preset_from_config
 from resnet_jax.data.pipeline import DatasetInfo
-from resnet_jax.training import finetune, restore, train_and_evaluate
+from resnet_jax.training import restore, train_and_evaluate
 from resnet_jax.training.validate import ConfigError
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -37,7 +37,7 @@ def count(tree) -> int:
 @pytest.fixture
 def source_preset(monkeypatch):
     """init_from weights fed as torchvision's V2 weights are, without reading any weights."""
-    monkeypatch.setattr(finetune, "source_preprocessing", lambda path: {"preset": "torchvision_v2"})
+    monkeypatch.setattr(run_spec, "source_preprocessing", lambda path: {"preset": "torchvision_v2"})
 
 
 @pytest.mark.parametrize("name", RECIPES)
@@ -159,9 +159,9 @@ def test_a_config_json_from_before_the_spec_still_loads_and_resumes(tmp_path, fa
     old = json.loads(config.to_json_best_effort())
     del old["finetune"], old["model"]["remat"], old["data"]["image_dtype"]
     (tmp_path / "config.json").write_text(json.dumps(old))
-    model = restore.model_from_config(restore.read_config(tmp_path), 10)
+    model = model_from_config(restore.read_config(tmp_path), 10)
     assert (model.stage_sizes, model.remat, model.num_classes) == ((1, 1, 1), False, 10)
-    assert restore.preset_from_config(restore.read_config(tmp_path)).crop == 8
+    assert preset_from_config(restore.read_config(tmp_path)).crop == 8
 
     changed = tiny_config(keep_checkpoints=0, batch_size=32)
     with pytest.raises(ConfigError, match="batch_size: 16 -> 32"):

@@ -22,6 +22,7 @@ from typing import Any
 
 import ml_collections
 import numpy as np
+from absl import logging
 
 from resnet_jax.data import digits, folder, presets, shards, synthetic
 
@@ -89,13 +90,26 @@ def default_data_config() -> ml_collections.ConfigDict:
     return c
 
 
+def merge_defaults(
+    defaults: dict[str, Any], given: dict[str, Any], where: str = ""
+) -> dict[str, Any]:
+    """``given`` over ``defaults``, section by section; fields the defaults lack are kept, with
+    a warning (``where`` prefixes their names)."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown and defaults:
+        logging.warning("Unknown config fields kept: %s", ", ".join(where + k for k in unknown))
+    out = dict(defaults)
+    for key, value in given.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = merge_defaults(out[key], value, f"{where}{key}.") if both else value
+    return out
+
+
 def with_defaults(config: Any) -> ml_collections.ConfigDict:
     """``config`` (ConfigDict or dict) with every missing field taken from the defaults, for
     callers of the pipeline alone; a run's data config (frozen, from its spec) is complete."""
     if isinstance(config, ml_collections.FrozenConfigDict):
         return config
-    from resnet_jax.spec import merge_defaults
-
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     merged = merge_defaults(default_data_config().to_dict(), given, "data.")
     return ml_collections.ConfigDict(merged)

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
 import re
 from typing import Any
 
@@ -24,16 +23,13 @@ from absl import logging
 from flax import traverse_util
 
 from resnet_jax import parallel as par
-from resnet_jax.data import presets
+from resnet_jax import spec as run_spec
 from resnet_jax.models import ResNet
 from resnet_jax.training import optim
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.validate import ConfigError
 
-FREEZE = ("none", "backbone", "stages")
 HEAD = "fc"  # The classifier; everything else is the backbone.
-FROM_SOURCE = "init_from"  # data.preset value: the preprocessing that came with the weights.
-PRESET_FIELDS = ("preset", "mean", "std", "interpolation", "crop_pct")
 _STAGE = re.compile(r"layer(\d+)_\d+")
 
 
@@ -48,53 +44,12 @@ class PretrainedWeights:
     description: str
 
 
-def preset_fields(preset: presets.Preset) -> dict[str, Any]:
-    """The config.data fields that give ``preset``: its name if registered, else its numbers."""
-    if preset.name in presets.PRESETS:
-        return {"preset": preset.name}
-    if preset.mode != "torch" or preset.resize_mode != "short_side":
-        raise ConfigError(
-            f"The source's preprocessing {preset} is not a registered preset and cannot be set "
-            "through data.mean/std/crop_pct; set data.preset or those fields yourself."
-        )
-    return {
-        "preset": None,
-        "mean": tuple(preset.mean),
-        "std": tuple(preset.std),
-        "interpolation": preset.interpolation,
-        "crop_pct": preset.crop / preset.resize,
-    }
-
-
-def source_preprocessing(path: str) -> dict[str, Any]:
-    """The config.data fields that feed inputs as the weights in ``path`` were fed: a converted
-    checkpoint's preset, or a training workdir's data config. Raises ConfigError for neither."""
-    from resnet_jax.convert.converted_checkpoint import is_converted, read_metadata
-    from resnet_jax.spec import complete
-    from resnet_jax.training import restore
-
-    if not os.path.isdir(path):
-        raise ConfigError(f"init_from={path!r} does not exist or is not a folder.")
-    if is_converted(path):
-        return preset_fields(presets.Preset.from_dict(read_metadata(path)["preset"]))
-    if restore.is_workdir(path):
-        try:
-            data = complete(restore.read_config(path)).data
-        except FileNotFoundError as e:
-            raise ConfigError(f"init_from={path!r}: {e}") from e
-        return {k: data[k] for k in PRESET_FIELDS}
-    raise ConfigError(
-        f"init_from={path!r} is neither a converted checkpoint (written by python -m "
-        "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
-    )
-
-
 def load_pretrained(path: str) -> PretrainedWeights:
     """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
     from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
     from resnet_jax.training import restore
 
-    fields = source_preprocessing(path)
+    fields = run_spec.source_preprocessing(path)  # Refuses a path that holds neither.
     if is_converted(path):
         name, variables, meta = load_converted(path)
         what = f"{name} converted from {meta.get('source')} ({meta.get('weights')})"
@@ -219,56 +174,6 @@ def create_finetune_optimizer(
         {"head": inner, "backbone": backbone, "frozen": optax.set_to_zero()}, labels
     )
     return optax.chain(optax.clip_by_global_norm(clip), tx) if clip > 0 else tx
-
-
-def check_settings(config: ml_collections.ConfigDict, num_stages: int) -> None:
-    """Raises ConfigError for fine-tuning settings that cannot work."""
-    ft = config.finetune
-    errors = []
-    if ft.freeze not in FREEZE:
-        errors.append(f"finetune.freeze={ft.freeze!r} is not one of {FREEZE}.")
-    if ft.freeze == "stages" and not 1 <= ft.frozen_stages <= num_stages:
-        errors.append(
-            f"finetune.frozen_stages={ft.frozen_stages} must be in [1, {num_stages}] with "
-            "freeze='stages' (the stem and that many stages stay frozen)."
-        )
-    if ft.backbone_lr_multiplier < 0:
-        errors.append(f"finetune.backbone_lr_multiplier={ft.backbone_lr_multiplier} must be >= 0.")
-    if not config.init_from:
-        if ft.freeze != "none":
-            errors.append(
-                f"finetune.freeze={ft.freeze!r} keeps the initial weights: set init_from to the "
-                "converted checkpoint or training workdir to start from."
-            )
-        if config.data.preset == FROM_SOURCE:
-            errors.append(f"data.preset={FROM_SOURCE!r} needs init_from to take the preset from.")
-    if errors:
-        raise ConfigError("Invalid fine-tuning config:\n  - " + "\n  - ".join(errors))
-
-
-def source_data_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    """The data fields that ``data.preset='init_from'`` stands for (none without it); warns when
-    the configured normalisation is not the one the ``init_from`` weights were fed."""
-    if not config.init_from:
-        return {}
-    theirs = source_preprocessing(config.init_from)
-    if config.data.preset == FROM_SOURCE:
-        return theirs
-    ours = presets.data_preset(config.data)
-    theirs = presets.data_preset(ml_collections.ConfigDict({**config.data.to_dict(), **theirs}))
-    if (ours.mode, ours.mean, ours.std) != (theirs.mode, theirs.mean, theirs.std):
-        logging.warning(
-            "init_from weights were fed %s inputs (mean %s, std %s), the data config feeds %s "
-            "(mean %s, std %s); set --config.data.preset=%s to use theirs.",
-            theirs.mode,
-            theirs.mean,
-            theirs.std,
-            ours.mode,
-            ours.mean,
-            ours.std,
-            FROM_SOURCE,
-        )
-    return {}
 
 
 def load_source(config: ml_collections.ConfigDict, model: ResNet) -> PretrainedWeights | None:

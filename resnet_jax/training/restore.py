@@ -1,9 +1,8 @@
 """What a training run left in its workdir, loaded back on one device for use elsewhere.
 
-The latest checkpoint's variables and the run's config, model and eval preprocessing (through
-``resnet_jax.spec.complete`` and ``resnet_jax.build.build_model``, as training has them): what
-``resnet_jax.inference`` builds a predictor from, and what fine-tuning starts from
-(``config.init_from=WORKDIR``).
+The latest checkpoint's variables and the run's recorded config: what ``resnet_jax.inference``
+builds a predictor from (its model and preset through ``resnet_jax.build.model_from_config`` and
+``preset_from_config``), and what fine-tuning starts from (``config.init_from=WORKDIR``).
 """
 
 from __future__ import annotations
@@ -16,11 +15,7 @@ import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
-from resnet_jax.build import build_model
 from resnet_jax.checkpoint import META, STATE, Checkpointer
-from resnet_jax.data.presets import Preset
-from resnet_jax.models import ResNet
-from resnet_jax.spec import complete, eval_preset
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
@@ -80,14 +75,3 @@ def _state_metadata(directory: str, step: int) -> dict[str, Any]:
         return dict(manager.item_metadata(step)[STATE].tree)
     finally:
         manager.close()
-
-
-def model_from_config(config: ml_collections.ConfigDict, num_classes: int) -> ResNet:
-    """The run's architecture in float32 on one device (no BN axes), for inference: the
-    builder's model of the recorded config with every default applied."""
-    return build_model(complete(config), num_classes, dtype="float32")
-
-
-def preset_from_config(config: ml_collections.ConfigDict) -> Preset:
-    """The run's eval preprocessing as a Preset (``spec.eval_preset`` of the recorded config)."""
-    return eval_preset(complete(config))
