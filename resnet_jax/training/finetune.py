@@ -67,31 +67,33 @@ def preset_fields(preset: presets.Preset) -> dict[str, Any]:
 
 def load_pretrained(path: str) -> PretrainedWeights:
     """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
-    from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
+    from resnet_jax import weights
     from resnet_jax.data.pipeline import with_defaults
     from resnet_jax.training import restore
 
     if not os.path.isdir(path):
         raise ConfigError(f"init_from={path!r} does not exist or is not a folder.")
-    if is_converted(path):
-        name, variables, meta = load_converted(path)
-        fields = preset_fields(presets.Preset.from_dict(meta["preset"]))
-        what = f"{name} converted from {meta.get('source')} ({meta.get('weights')})"
-        return PretrainedWeights(path, name, variables, fields, what)
-    if restore.is_workdir(path):
-        try:
-            config = restore.read_config(path)
-            variables, meta = restore.load_variables(path)
-        except FileNotFoundError as e:
-            raise ConfigError(f"init_from={path!r}: {e}") from e
-        data = with_defaults(config.data)
-        fields = {k: data[k] for k in PRESET_FIELDS}
-        what = f"{config.model.name} trained in {path} (step {meta.get('step')})"
-        return PretrainedWeights(path, config.model.name, variables, fields, what)
-    raise ConfigError(
-        f"init_from={path!r} is neither a converted checkpoint (written by python -m "
-        "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
-    )
+    try:
+        kind = weights.kind(path)
+    except FileNotFoundError:
+        raise ConfigError(
+            f"init_from={path!r} is neither a converted checkpoint (written by python -m "
+            "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
+        ) from None
+    if kind == "weights":
+        _, variables, preset, _, card = weights.load(path)
+        source, name = card.origin.get("framework"), card.origin.get("weights")
+        what = f"{card.architecture} converted from {source} ({name})"
+        return PretrainedWeights(path, card.architecture, variables, preset_fields(preset), what)
+    try:
+        config = restore.read_config(path)
+        variables, meta = restore.load_variables(path)
+    except FileNotFoundError as e:
+        raise ConfigError(f"init_from={path!r}: {e}") from e
+    data = with_defaults(config.data)
+    fields = {k: data[k] for k in PRESET_FIELDS}
+    what = f"{config.model.name} trained in {path} (step {meta.get('step')})"
+    return PretrainedWeights(path, config.model.name, variables, fields, what)
 
 
 def _flat(tree: Any) -> dict[str, Any]:
