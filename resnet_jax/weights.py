@@ -1,10 +1,7 @@
-"""One weights format and one loader, for converted weights and training workdirs alike.
-
-A weights directory holds the orbax variables ({'params', 'batch_stats'}, step 0) and
-``card.json``: architecture and arguments, preprocessing preset, class names, where the
-weights came from and what was verified, as torchvision's weights enums carry ``transforms()``
-and ``meta``. A training workdir's latest checkpoint loads through the same call, its card
-derived from the checkpoint's meta and config:
+"""One weights format and one loader: orbax variables ({'params', 'batch_stats'}, step 0) plus
+``card.json`` (architecture and arguments, preset, class names, origin, verified figures), as
+torchvision's weights enums carry ``transforms()`` and ``meta``. A training workdir's latest
+checkpoint loads through the same call, its card derived from the checkpoint's meta:
 
     model, variables, preset, classes, card = resnet_jax.load("checkpoints/resnet50_tv2")
     logits = model.apply(variables, preset.transforms()(image)[None])
@@ -53,14 +50,9 @@ class Card:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Card:
-        return cls(
-            d["architecture"],
-            d.get("arguments") or {},
-            Preset.from_dict(d["preset"]),
-            tuple(d["classes"]) if d.get("classes") else None,
-            d.get("origin") or {},
-            d.get("verification"),
-        )
+        classes = tuple(d["classes"]) if d.get("classes") else None
+        fields = {f.name: d.get(f.name) for f in dataclasses.fields(cls)}
+        return cls(**{**fields, "preset": Preset.from_dict(d["preset"]), "classes": classes})
 
 
 class Loaded(NamedTuple):

@@ -5,9 +5,6 @@ files needs h5py alone.
 
     from resnet_jax.convert import from_torchvision, save_converted
     variables = from_torchvision("resnet50.pth", "resnet50")
-    save_converted("ckpt/resnet50", variables, architecture="resnet50", source="torchvision",
-                   weights="resnet50.pth", preset=get_preset("torchvision_v1"))
-    model, variables, preset, classes, card = resnet_jax.load("ckpt/resnet50")
 """
 
 from resnet_jax.convert.common import CheckpointMismatchError
