@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from typing import Any
 
 import ml_collections
@@ -202,23 +201,20 @@ def preset_fields(preset: presets.Preset) -> dict[str, Any]:
 def source_preprocessing(path: str) -> dict[str, Any]:
     """The config.data fields that feed inputs as the weights in ``path`` were fed: a converted
     checkpoint's preset, or a training workdir's data config. Raises ConfigError for neither."""
-    from resnet_jax.convert.converted_checkpoint import is_converted, read_metadata
+    from resnet_jax import weights
     from resnet_jax.training import restore
 
-    if not os.path.isdir(path):
-        raise validate.ConfigError(f"init_from={path!r} does not exist or is not a folder.")
-    if is_converted(path):
-        return preset_fields(presets.Preset.from_dict(read_metadata(path)["preset"]))
-    if restore.is_workdir(path):
-        try:
-            data = complete(restore.read_config(path)).data
-        except FileNotFoundError as e:
-            raise validate.ConfigError(f"init_from={path!r}: {e}") from e
-        return {k: data[k] for k in PRESET_FIELDS}
-    raise validate.ConfigError(
-        f"init_from={path!r} is neither a converted checkpoint (written by python -m "
-        "resnet_jax.verify --save) nor a training workdir (config.json and checkpoints/)."
-    )
+    try:
+        kind = weights.kind(path)
+    except FileNotFoundError as e:
+        raise validate.ConfigError(f"init_from={path!r}: {e}") from None
+    if kind == "weights":
+        return preset_fields(weights.read_card(path).preset)
+    try:
+        data = complete(restore.read_config(path)).data
+    except FileNotFoundError as e:
+        raise validate.ConfigError(f"init_from={path!r}: {e}") from e
+    return {k: data[k] for k in PRESET_FIELDS}
 
 
 def check_finetune(config: ml_collections.ConfigDict, num_stages: int) -> None:

@@ -64,7 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
         + ", ".join(sorted(PRESETS)),
     )
     parser.add_argument(
-        "--save", default=None, help="write the converted weights here (orbax + metadata) on pass"
+        "--save", default=None, help="write the converted weights here (orbax + card.json) on pass"
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --save")
     return parser
@@ -72,9 +72,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from resnet_jax.convert.converted_checkpoint import check_target, save_converted
     from resnet_jax.convert.numerics import verify
     from resnet_jax.data.presets import get_preset
+    from resnet_jax.weights import check_target, save_converted
 
     try:
         if args.save:  # before minutes of conversion and comparison, not after

@@ -163,7 +163,8 @@ def test_checkpoint_of_another_architecture_fails_listing_keys(checkpoint, targe
     assert (len(error.missing), len(error.unexpected), len(error.misshaped)) == counts
     message = str(error)
     assert (
-        f"Checkpoint does not fit {target} (torchvision layout): {counts[0]} missing, " in message
+        f"Checkpoint does not fit {target} (torchvision/timm layout): {counts[0]} missing, "
+        in message
     )
     assert example in message
     assert "another depth, width or variant" in message

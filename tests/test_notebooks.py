@@ -230,9 +230,9 @@ from resnet_jax.data import presets
 from resnet_jax.training.steps import eval_step
 
 preset = presets.data_preset(pipeline.with_defaults(config.data))
-state = types.SimpleNamespace(variables=predictor.variables)
+state = types.SimpleNamespace(variables=variables)
 step = jax.jit(jax.vmap(
-    lambda b: eval_step(state, b, model=predictor.model, axis_name="d", preset=preset),
+    lambda b: eval_step(state, b, model=model, axis_name="d", preset=preset),
     axis_name="d",
 ))
 n, labels = len(probs), np.asarray(batch["label"])
@@ -293,6 +293,11 @@ def test_verify_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
         assert float(re.search(r"logits max\|diff\| = (\S+)", out).group(1)) < 1e-4
     summary = _text(_cell(nb, "summary"))
     assert summary.count("PASS") == 2, summary
+    saved = _text(_cell(nb, "save"))  # resnet_jax.load reads the card written with the weights
+    found = re.search(
+        r"preset torchvision_v\d, 1000 classes, logits within (\S+) of torchvision", saved
+    )
+    assert found and float(found.group(1)) < 1e-4, saved
 
 
 def test_finetune_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):

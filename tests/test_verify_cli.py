@@ -14,8 +14,9 @@ pytest.importorskip("torch")
 
 import torch  # noqa: E402
 
-from resnet_jax.convert import import_torchvision, load_converted, numerics  # noqa: E402
+from resnet_jax.convert import import_torchvision, numerics  # noqa: E402
 from resnet_jax.verify import main  # noqa: E402
+from resnet_jax.weights import read_card  # noqa: E402
 
 SMALL = ["--image-size", "64", "--random-inputs", "1"]
 
@@ -27,10 +28,10 @@ def test_random_resnet18_passes_prints_the_table_and_saves(tmp_path, capsys):
     assert "resnet18: torchvision (random (seed 0)) vs resnet_jax, 64x64, float32" in out
     assert "stage   block  shape" in out and "layer4      1  (3, 2, 2, 512)" in out
     assert "top-1 agreement: 3/3" in out and "PASS" in out
-    name, _, metadata = load_converted(tmp_path)
-    assert name == "resnet18" and metadata["preset"]["name"] == "torchvision_v1"
-    assert metadata["verification"]["passed"] and metadata["verification"]["image_size"] == 64
-    assert metadata["verification"]["inputs"] == ["random 0", "china.jpg", "flower.jpg"]
+    card = read_card(tmp_path)
+    assert card.architecture == "resnet18" and card.preset.name == "torchvision_v1"
+    assert card.verification["passed"] and card.verification["image_size"] == 64
+    assert card.verification["inputs"] == ["random 0", "china.jpg", "flower.jpg"]
 
 
 def test_over_tolerance_exits_one_and_names_the_rows(capsys):
@@ -55,7 +56,7 @@ def test_file_of_another_depth_exits_two_with_the_key_report(tmp_path, capsys):
                  str(tmp_path / "r34.pth")])  # fmt: skip
     err = capsys.readouterr().err
     assert code == 2
-    assert "does not fit resnet18 (torchvision layout): 0 missing, 80 unexpected" in err
+    assert "does not fit resnet18 (torchvision/timm layout): 0 missing, 80 unexpected" in err
 
 
 class _RunsCode:
@@ -142,7 +143,7 @@ def test_logits_in_the_hundreds_are_judged_relative_to_their_scale(tmp_path, mon
     assert 0 < block_abs < 1e-4 and 0 < block_rel < 1e-5
     assert figures(out, "layer4      1")[2] <= block_rel  # every block row: abs, ref, rel
     assert "tolerance: every row, logits included, max|diff|/max|ref| <= 1e-04" in out
-    summary = load_converted(tmp_path / "ckpt")[2]["verification"]
+    summary = read_card(tmp_path / "ckpt").verification
     assert summary["passed"] and summary["logits_max_abs"] > 1e-4
     assert summary["logits_rel"] < 1e-5 and summary["max_block_abs"] < 1e-4
 

@@ -13,21 +13,22 @@ if importlib.util.find_spec("timm") is None:
 import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 
-from resnet_jax.convert import import_timm, import_torchvision, load_converted  # noqa: E402
+from resnet_jax.convert import import_timm, import_torchvision  # noqa: E402
 from resnet_jax.convert.published import file_sha256, recognise  # noqa: E402
 from resnet_jax.convert.timm import preset_for as timm_preset_for  # noqa: E402
 from resnet_jax.convert.timm import published_files as timm_files  # noqa: E402
 from resnet_jax.convert.torchvision import published_files as torchvision_files  # noqa: E402
 from resnet_jax.data.presets import IMAGENET_MEAN  # noqa: E402
 from resnet_jax.verify import main  # noqa: E402
+from resnet_jax.weights import read_card  # noqa: E402
 
 SMALL = ["--image-size", "64", "--random-inputs", "1"]
 PRESET_LIST = "keras_caffe, keras_tf, timm_rsb, torchvision_v1, torchvision_v2"
 
 
-def preset_numbers(metadata: dict) -> tuple:
-    p = metadata["preset"]
-    return p["name"], p["resize"], p["crop"], p["interpolation"], tuple(p["mean"])
+def preset_numbers(path) -> tuple:
+    p = read_card(path).preset
+    return p.name, p.resize, p.crop, p.interpolation, p.mean
 
 
 def test_torchvision_tables_come_from_the_weights_enums():
@@ -57,10 +58,12 @@ def test_file_with_a_published_sha256_prefix_saves_that_weights_preset(
         f"torchvision ResNet50_Weights.IMAGENET1K_V2 (its sha256 begins {digest[:8]} as "
         f"resnet50-{digest[:8]}.pth's does)."
     ) in captured.out
-    _, _, metadata = load_converted(tmp_path / "ckpt")
-    assert preset_numbers(metadata) == ("torchvision_v2", 232, 224, "bilinear", IMAGENET_MEAN)
-    assert metadata["weights"] == f"{path} = ResNet50_Weights.IMAGENET1K_V2"
-    assert metadata["preset_origin"].startswith("preset torchvision_v2 (resize 232")
+    assert preset_numbers(tmp_path / "ckpt") == (
+        "torchvision_v2", 232, 224, "bilinear", IMAGENET_MEAN
+    )  # fmt: skip
+    origin = read_card(tmp_path / "ckpt").origin
+    assert origin["weights"] == f"{path} = ResNet50_Weights.IMAGENET1K_V2"
+    assert origin["preset_note"].startswith("preset torchvision_v2 (resize 232")
 
 
 def test_published_name_with_another_hash_warns_and_is_treated_as_unknown(tmp_path, capsys):
@@ -109,8 +112,8 @@ def test_timm_tag_file_saves_its_preset_and_a_release_lookalike_is_warned_about(
         "resnet18d.ra4_e3600_r224_in1k (by its name; the registry records no hash for "
         "resnet18d.ra4_e3600_r224_in1k.safetensors)."
     ) in out
-    _, _, metadata = load_converted(tmp_path / "ckpt")
-    assert preset_numbers(metadata) == ("timm_custom", 248, 224, "bicubic", (0.5, 0.5, 0.5))
+    numbers = preset_numbers(tmp_path / "ckpt")
+    assert numbers == ("timm_custom", 248, 224, "bicubic", (0.5, 0.5, 0.5))
 
     release = next(f for f in timm_files("resnet18d") if f.sha256_prefix)  # ra2's .pth
     lookalike = tmp_path / release.file_name

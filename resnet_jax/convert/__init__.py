@@ -3,12 +3,11 @@
 PyTorch, timm and Keras are imported only when a function needs them; reading Keras weight
 files needs h5py alone.
 
-    from resnet_jax.convert import from_torchvision, save_converted, load_converted
+    from resnet_jax.convert import from_torchvision, save_converted
     variables = from_torchvision("resnet50.pth", "resnet50")
 """
 
 from resnet_jax.convert.common import CheckpointMismatchError
-from resnet_jax.convert.converted_checkpoint import load_converted, read_metadata, save_converted
 from resnet_jax.convert.keras import KerasLayerOrderError, from_keras
 from resnet_jax.convert.reference import WeightsDownloadError
 from resnet_jax.convert.timm import from_timm
@@ -19,6 +18,7 @@ from resnet_jax.convert.torch_compat import (
     load_torch_file,
 )
 from resnet_jax.convert.torchvision import from_torchvision, to_torchvision
+from resnet_jax.weights import save_converted
 
 __all__ = [
     "CheckpointMismatchError",
@@ -30,9 +30,7 @@ __all__ = [
     "from_torchvision",
     "import_timm",
     "import_torchvision",
-    "load_converted",
     "load_torch_file",
-    "read_metadata",
     "save_converted",
     "to_torchvision",
 ]

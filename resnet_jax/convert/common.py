@@ -109,8 +109,30 @@ def abstract_variables(model: nn.Module) -> dict[Path, jax.ShapeDtypeStruct]:
     return traverse_util.flatten_dict(nn.unbox(tree))
 
 
-def build_layout(model: nn.Module, name: Callable[[Path], Entry]) -> Layout:
-    """Applies a naming rule to every variable path of the model."""
+# A source framework's name and transpose for each variable: keyed by (the Flax module's kind,
+# collection, leaf); the kind is 'fc', 'bn' (any module named with bn) or 'conv'.
+LeafNames = dict[tuple[str, str, str], tuple[str, tuple[int, ...] | None]]
+
+
+def named_layout(
+    model: nn.Module,
+    layout_name: str,
+    module_key: Callable[[tuple[str, ...]], str | None],
+    leaves: LeafNames,
+    sep: str,
+) -> Layout:
+    """Every variable's source key: its module's key in the source (``module_key``), ``sep``,
+    then its leaf's name from ``leaves``; a variable without a name there raises."""
+
+    def name(path: Path) -> Entry:
+        collection, modules, leaf = module_path(path)
+        prefix = module_key(modules)
+        kind = "fc" if modules[-1] == "fc" else "bn" if "bn" in modules[-1] else "conv"
+        if prefix is None or (kind, collection, leaf) not in leaves:
+            raise unknown_variable(path, layout_name)
+        key, perm = leaves[(kind, collection, leaf)]
+        return Entry(f"{prefix}{sep}{key}", perm)
+
     return {path: name(path) for path in abstract_variables(model)}
 
 

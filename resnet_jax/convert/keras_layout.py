@@ -11,15 +11,7 @@ from __future__ import annotations
 
 import flax.linen as nn
 
-from resnet_jax.convert.common import (
-    Entry,
-    Layout,
-    Path,
-    build_layout,
-    module_path,
-    parse_block,
-    unknown_variable,
-)
+from resnet_jax.convert.common import Layout, LeafNames, named_layout, parse_block
 
 KERAS_APPS = {
     "resnet50_v1": "ResNet50",
@@ -53,11 +45,16 @@ _BLOCK_LAYERS = {
     "preact_bn": "preact_bn",
 }
 _TOP = {"conv1": "conv1_conv", "bn1": "conv1_bn", "post_bn": "post_bn", "fc": "predictions"}
-_BN_LEAVES = {
-    ("params", "scale"): "gamma",
-    ("params", "bias"): "beta",
-    ("batch_stats", "mean"): "moving_mean",
-    ("batch_stats", "var"): "moving_variance",
+_LEAVES: LeafNames = {
+    **{
+        (kind, "params", leaf): (leaf, None)
+        for kind in ("conv", "fc")
+        for leaf in ("kernel", "bias")
+    },
+    ("bn", "params", "scale"): ("gamma", None),
+    ("bn", "params", "bias"): ("beta", None),
+    ("bn", "batch_stats", "mean"): ("moving_mean", None),
+    ("bn", "batch_stats", "var"): ("moving_variance", None),
 }
 
 
@@ -85,21 +82,7 @@ def keras_layer(modules: tuple[str, ...]) -> str | None:
 
 def keras_layout(model: nn.Module) -> Layout:
     """The Keras weight key ('conv1_conv/kernel', 'conv1_bn/gamma', ...) of every variable."""
-
-    def name(path: Path) -> Entry:
-        collection, modules, leaf = module_path(path)
-        layer = keras_layer(modules)
-        if layer is None:
-            raise unknown_variable(path, "Keras Applications")
-        if layer.endswith("_bn"):
-            if (collection, leaf) not in _BN_LEAVES:
-                raise unknown_variable(path, "Keras Applications")
-            return Entry(f"{layer}/{_BN_LEAVES[(collection, leaf)]}")
-        if collection == "params" and leaf in ("kernel", "bias"):
-            return Entry(f"{layer}/{leaf}")
-        raise unknown_variable(path, "Keras Applications")
-
-    return build_layout(model, name)
+    return named_layout(model, "Keras Applications", keras_layer, _LEAVES, "/")
 
 
 def keras_weighted_layers(model: nn.Module) -> list[tuple[str, str]]:

@@ -12,9 +12,6 @@ import math
 import os
 from typing import Any
 
-import flax.linen as nn
-
-from resnet_jax.convert.common import Variables, convert, resolve_model
 from resnet_jax.convert.published import (
     PublishedFile,
     describe,
@@ -31,24 +28,12 @@ from resnet_jax.convert.reference import (
     torch_runner,
 )
 from resnet_jax.convert.torch_compat import import_timm, load_torch_file
-from resnet_jax.convert.torch_layout import is_bn_counter, torch_layout
-from resnet_jax.convert.torchvision import StateDictSource, state_dict_arrays
+from resnet_jax.convert.torchvision import from_torchvision
 
 TIMM_MODELS = tuple(f"resnet{d}{s}" for s in ("", "d") for d in (18, 34, 50, 101, 152))
 
 
-def from_timm(
-    source: StateDictSource, model: str | nn.Module = "resnet50", **overrides: Any
-) -> Variables:
-    """timm weights (module, state_dict or file) -> {'params', 'batch_stats'} for ``model``."""
-    label, module = resolve_model(model, **overrides)
-    return convert(
-        state_dict_arrays(source),
-        module,
-        torch_layout(module),
-        f"{label} (timm layout)",
-        ignore=is_bn_counter,
-    )
+from_timm = from_torchvision  # One layout: torch_layout follows the model (plain or ResNet-D).
 
 
 def check_model_name(name: str) -> None:

@@ -13,13 +13,10 @@ import flax.linen as nn
 from resnet_jax.convert.common import (
     CONV_OIHW_TO_HWIO,
     LINEAR_OUT_IN_TO_IN_OUT,
-    Entry,
     Layout,
-    Path,
-    build_layout,
-    module_path,
+    LeafNames,
+    named_layout,
     parse_block,
-    unknown_variable,
 )
 
 # Deep stem (timm resnet*d): nn.Sequential(conv, bn, act, conv, bn, act, conv) + bn1.
@@ -31,11 +28,15 @@ _DEEP_STEM = {
     "stem_conv3": "conv1.6",
     "stem_bn3": "bn1",
 }
-_LEAVES = {
-    ("params", "bias"): "bias",
-    ("params", "scale"): "weight",
-    ("batch_stats", "mean"): "running_mean",
-    ("batch_stats", "var"): "running_var",
+# PyTorch's ResNet convs have no bias: a Flax conv bias has no name there.
+_LEAVES: LeafNames = {
+    ("conv", "params", "kernel"): ("weight", CONV_OIHW_TO_HWIO),
+    ("fc", "params", "kernel"): ("weight", LINEAR_OUT_IN_TO_IN_OUT),
+    ("fc", "params", "bias"): ("bias", None),
+    ("bn", "params", "scale"): ("weight", None),
+    ("bn", "params", "bias"): ("bias", None),
+    ("bn", "batch_stats", "mean"): ("running_mean", None),
+    ("bn", "batch_stats", "var"): ("running_var", None),
 }
 _BLOCK_LAYERS = ("conv1", "bn1", "conv2", "bn2", "conv3", "bn3")
 
@@ -69,19 +70,10 @@ def torch_layout(model: nn.Module) -> Layout:
     """The PyTorch key and transpose for every variable of ``model`` (v1.5, ResNet-D, Wide,
     ResNeXt); raises for variables PyTorch's ResNets do not have (v1 biases, v2 blocks)."""
     avgpool_shortcut = getattr(model, "shortcut", "conv") == "avgpool"
-
-    def name(path: Path) -> Entry:
-        collection, modules, leaf = module_path(path)
-        prefix = torch_module(modules, avgpool_shortcut)
-        if prefix is None:
-            raise unknown_variable(path, "PyTorch (torchvision/timm)")
-        if collection == "params" and leaf == "kernel":
-            perm = LINEAR_OUT_IN_TO_IN_OUT if modules[-1] == "fc" else CONV_OIHW_TO_HWIO
-            return Entry(f"{prefix}.weight", perm)
-        if (collection, leaf) in _LEAVES:
-            if leaf == "bias" and "conv" in modules[-1]:
-                raise unknown_variable(path, "PyTorch (torchvision/timm)")
-            return Entry(f"{prefix}.{_LEAVES[(collection, leaf)]}")
-        raise unknown_variable(path, "PyTorch (torchvision/timm)")
-
-    return build_layout(model, name)
+    return named_layout(
+        model,
+        "PyTorch (torchvision/timm)",
+        lambda modules: torch_module(modules, avgpool_shortcut),
+        _LEAVES,
+        ".",
+    )

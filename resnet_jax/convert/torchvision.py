@@ -64,13 +64,14 @@ def state_dict_arrays(source: StateDictSource) -> dict[str, np.ndarray]:
 def from_torchvision(
     source: StateDictSource, model: str | nn.Module = "resnet50", **overrides: Any
 ) -> Variables:
-    """torchvision (or same-layout timm) weights -> {'params', 'batch_stats'} for ``model``."""
+    """torchvision or timm weights (module, state_dict or file) -> {'params', 'batch_stats'}
+    for ``model``; timm's ResNet-D extras follow from the model (``torch_layout``)."""
     label, module = resolve_model(model, **overrides)
     return convert(
         state_dict_arrays(source),
         module,
         torch_layout(module),
-        f"{label} (torchvision layout)",
+        f"{label} (torchvision/timm layout)",
         ignore=is_bn_counter,
     )
 

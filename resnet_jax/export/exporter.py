@@ -205,7 +205,7 @@ def export_checkpoint(
     **kwargs: Any,
 ) -> Path:
     """``export_predictor`` on a training workdir or converted checkpoint, loaded as predict
-    loads it (``resnet_jax.inference.load_predictor``)."""
+    loads it (``resnet_jax.load``)."""
     from resnet_jax.inference import load_predictor
 
     check_formats(formats_, kwargs.get("calibration"))

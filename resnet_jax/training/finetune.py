@@ -46,14 +46,15 @@ class PretrainedWeights:
 
 def load_pretrained(path: str) -> PretrainedWeights:
     """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
-    from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
+    from resnet_jax import weights
     from resnet_jax.training import restore
 
     fields = run_spec.source_preprocessing(path)  # Refuses a path that holds neither.
-    if is_converted(path):
-        name, variables, meta = load_converted(path)
-        what = f"{name} converted from {meta.get('source')} ({meta.get('weights')})"
-        return PretrainedWeights(path, name, variables, fields, what)
+    if weights.kind(path) == "weights":
+        _, variables, _, _, card = weights.load(path)
+        source, name = card.origin.get("framework"), card.origin.get("weights")
+        what = f"{card.architecture} converted from {source} ({name})"
+        return PretrainedWeights(path, card.architecture, variables, fields, what)
     try:
         name = restore.read_config(path).model.name
         variables, meta = restore.load_variables(path)

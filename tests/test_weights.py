@@ -1,0 +1,183 @@
+"""One weights format (orbax variables + card.json) and one loader, ``resnet_jax.load``, for
+converted weights and training workdirs, including directories written before the card."""
+
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+from recipes import tree_digest
+
+import resnet_jax
+from resnet_jax.data.presets import Preset, get_preset
+from resnet_jax.images import load_rgb, preprocess
+from resnet_jax.inference import Predictor, random_predictor
+from resnet_jax.weights import CARD_FILE, kind, save_converted
+
+# Written by tests/fixtures/make_legacy_weights.py with the loader that preceded card.json.
+FIXTURES = pathlib.Path(__file__).parent / "fixtures"
+EXPECTED = np.load(FIXTURES / "legacy_expected.npz")
+DIGITS = tuple(str(i) for i in range(10))
+
+
+@pytest.fixture
+def legacy(tmp_path):
+    """A copy of a legacy fixture, and a check that loading it wrote nothing."""
+    copies = []
+
+    def copy(name: str) -> pathlib.Path:
+        shutil.copytree(FIXTURES / name, tmp_path / name)
+        copies.append((tmp_path / name, tree_digest(tmp_path / name)))
+        return tmp_path / name
+
+    yield copy
+    for path, digest in copies:
+        assert tree_digest(path) == digest, f"loading {path.name} changed its files"
+
+
+def logits(loaded, x) -> np.ndarray:
+    return np.asarray(jax.jit(loaded.model.apply)(loaded.variables, x))
+
+
+def test_legacy_converted_directory_loads_with_its_recorded_logits(legacy):
+    path = legacy("legacy_converted")
+    loaded = resnet_jax.load(path)
+    assert kind(path) == "weights"
+    np.testing.assert_allclose(
+        logits(loaded, EXPECTED["legacy_converted_inputs"]),
+        EXPECTED["legacy_converted_logits"],
+        rtol=0,
+        atol=1e-6,
+    )
+    card = loaded.card
+    assert card.architecture == "resnet18"
+    assert card.arguments == {"stage_widths": [4, 4, 8, 8], "stem_width": 4, "num_classes": 5}
+    assert loaded.preset == Preset("tiny", resize=18, crop=16, interpolation="bicubic")
+    assert loaded.classes is None and loaded.model.num_classes == 5
+    assert card.origin == {
+        "framework": "torchvision",
+        "weights": "random (seed 0)",
+        "preset_note": "a hand-made preset for the fixture",
+    }
+    assert card.verification["logits_max_abs"] == 1.5e-6
+
+
+def test_legacy_workdir_loads_with_its_recorded_logits(legacy):
+    path = legacy("legacy_workdir")
+    loaded = resnet_jax.load(path)
+    assert kind(path) == "workdir"
+    np.testing.assert_allclose(
+        logits(loaded, EXPECTED["legacy_workdir_inputs"]),
+        EXPECTED["legacy_workdir_logits"],
+        rtol=0,
+        atol=1e-6,
+    )
+    assert loaded.classes == DIGITS
+    assert (loaded.preset.crop, loaded.preset.resize_mode, loaded.preset.mean) == (
+        8,
+        "squash",
+        (0.5, 0.5, 0.5),
+    )
+    card = loaded.card
+    assert card.architecture == "resnet20" and card.arguments["num_classes"] == 10
+    assert card.arguments["stage_widths"] == [4, 8, 8]
+    assert card.origin == {"workdir": str(path), "step": 2, "dataset": "digits"}
+
+
+def test_saved_weights_are_variables_plus_a_card(tmp_path):
+    ref = random_predictor("resnet18", get_preset("timm_rsb"), num_classes=3, stem_width=8)
+    out = save_converted(
+        tmp_path / "w",
+        ref.variables,
+        architecture="resnet18",
+        source="timm",
+        weights="resnet18.a1_in1k",
+        preset=ref.preset,
+        overrides={"num_classes": 3, "stem_width": 8},
+        class_names=["cat", "dog", "eel"],
+        verification={"logits_max_abs": 2e-6},
+    )
+    card = json.loads((out / CARD_FILE).read_text())
+    assert card == {
+        "format": "resnet_jax.weights",
+        "version": 1,
+        "architecture": "resnet18",
+        "arguments": {"num_classes": 3, "stem_width": 8},
+        "preset": get_preset("timm_rsb").to_dict()
+        | {"mean": [0.485, 0.456, 0.406]}
+        | {"std": [0.229, 0.224, 0.225]},
+        "classes": ["cat", "dog", "eel"],
+        "origin": {"framework": "timm", "weights": "resnet18.a1_in1k", "preset_note": None},
+        "verification": {"logits_max_abs": 2e-6},
+    }
+    assert sorted(p.name for p in out.iterdir()) == ["0", CARD_FILE]
+    model, variables, preset, classes, _ = resnet_jax.load(out)
+    assert jax.tree.all(jax.tree.map(np.array_equal, variables, ref.variables))
+    assert (model.num_classes, model.stem_width) == (3, 8)
+    assert (preset, classes) == (get_preset("timm_rsb"), ("cat", "dog", "eel"))
+
+
+def test_thousand_classes_without_names_are_imagenets(tmp_path):
+    ref = random_predictor("resnet18", get_preset("torchvision_v1"), stage_widths=(4, 4, 4, 4))
+    out = save_converted(
+        tmp_path / "w",
+        ref.variables,
+        architecture="resnet18",
+        source="torchvision",
+        weights="x.pth",
+        preset=ref.preset,
+        overrides={"stage_widths": (4, 4, 4, 4)},
+    )
+    classes = resnet_jax.load(out).classes
+    assert len(classes) == 1000 and classes[0] == "tench"
+
+
+def test_legacy_directory_is_replaced_only_when_asked(legacy, tmp_path):
+    path = shutil.copytree(FIXTURES / "legacy_converted", tmp_path / "old")
+    ref = resnet_jax.load(path)
+    kwargs = dict(architecture="resnet18", source="torchvision", weights="b", preset=ref.preset)
+    kwargs["overrides"] = ref.card.arguments
+    with pytest.raises(FileExistsError, match="is not empty; choose a new directory or pass"):
+        save_converted(path, ref.variables, **kwargs)
+    save_converted(path, ref.variables, overwrite=True, **kwargs)
+    assert resnet_jax.load(path).card.origin["weights"] == "b"
+    assert not (path / "0" / "metadata").exists()
+
+
+def test_preset_transforms_feed_the_model_as_predict_does(tmp_path):
+    path = tmp_path / "a.png"
+    rgb = np.random.default_rng(0).integers(0, 256, (30, 20, 3), np.uint8)
+    Image.fromarray(rgb).save(path)
+    loaded = resnet_jax.load(FIXTURES / "legacy_workdir")
+    transform = loaded.preset.transforms()
+    x = transform(path)
+    assert x.shape == (8, 8, 3) and x.dtype == np.float32
+    np.testing.assert_array_equal(transform(load_rgb(path)), x)
+    np.testing.assert_array_equal(x, preprocess(load_rgb(path), loaded.preset))
+    probs = jax.nn.softmax(logits(loaded, x[None]))[0]
+    predictor = Predictor(loaded.model, loaded.variables, loaded.preset, loaded.classes, 4)
+    (prediction,), _ = predictor.predict([path], top_k=1)
+    assert prediction.labels == (DIGITS[int(np.argmax(probs))],)
+    assert prediction.probabilities[0] == pytest.approx(float(probs.max()), abs=1e-6)
+
+
+def test_a_folder_that_holds_neither_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    with pytest.raises(FileNotFoundError) as e:
+        resnet_jax.load(tmp_path)
+    assert str(e.value) == (
+        f"{tmp_path} is neither a converted checkpoint nor a training workdir (no config.json "
+        "or checkpoints/ in it); give the folder that resnet_jax.convert or train.py wrote."
+    )
+    with pytest.raises(FileNotFoundError, match="no such checkpoint directory"):
+        resnet_jax.load(tmp_path / "missing")
+    ref = resnet_jax.load(FIXTURES / "legacy_converted")
+    with pytest.raises(FileExistsError, match="holds something other than a converted checkpoint"):
+        save_converted(
+            tmp_path, ref.variables, architecture="resnet18", source="torchvision", weights="a",
+            preset=ref.preset, overrides=ref.card.arguments, overwrite=True,
+        )  # fmt: skip
+    assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
