@@ -4,8 +4,9 @@ prediction and feature extraction, exact to torchvision's and Keras's own loader
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -70,6 +71,12 @@ def pixels(img: Image.Image, preset: Preset) -> np.ndarray:
 def preprocess(img: Image.Image, preset: Preset) -> np.ndarray:
     """One RGB image as model inputs: ``pixels``, normalised; float32."""
     return np.asarray(normalize(pixels(img, preset).astype(np.float32), preset), np.float32)
+
+
+def transforms(preset: Preset) -> Callable[[Any], np.ndarray]:
+    """Image file or RGB PIL image -> float32 (crop, crop, 3) model inputs, as predict feeds
+    them (like torchvision's ``weights.transforms()``)."""
+    return lambda image: preprocess(image if hasattr(image, "mode") else load_rgb(image), preset)
 
 
 def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:

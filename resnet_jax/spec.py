@@ -201,15 +201,15 @@ def preset_fields(preset: presets.Preset) -> dict[str, Any]:
 def source_preprocessing(path: str) -> dict[str, Any]:
     """The config.data fields that feed inputs as the weights in ``path`` were fed: a converted
     checkpoint's preset, or a training workdir's data config. Raises ConfigError for neither."""
-    from resnet_jax import weights
+    from resnet_jax import card
     from resnet_jax.training import restore
 
     try:
-        kind = weights.kind(path)
+        kind = card.kind(path)
     except FileNotFoundError as e:
         raise validate.ConfigError(f"init_from={path!r}: {e}") from None
     if kind == "weights":
-        return preset_fields(weights.read_card(path).preset)
+        return preset_fields(card.read_card(path).preset)
     try:
         data = complete(restore.read_config(path)).data
     except FileNotFoundError as e:

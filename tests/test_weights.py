@@ -13,7 +13,7 @@ from recipes import tree_digest
 
 import resnet_jax
 from resnet_jax.data.presets import Preset, get_preset
-from resnet_jax.images import load_rgb, preprocess
+from resnet_jax.images import load_rgb, preprocess, transforms
 from resnet_jax.inference import Predictor, random_predictor
 from resnet_jax.weights import CARD_FILE, kind, save_converted
 
@@ -152,7 +152,7 @@ def test_preset_transforms_feed_the_model_as_predict_does(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (30, 20, 3), np.uint8)
     Image.fromarray(rgb).save(path)
     loaded = resnet_jax.load(FIXTURES / "legacy_workdir")
-    transform = loaded.preset.transforms()
+    transform = transforms(loaded.preset)
     x = transform(path)
     assert x.shape == (8, 8, 3) and x.dtype == np.float32
     np.testing.assert_array_equal(transform(load_rgb(path)), x)

@@ -9,7 +9,6 @@ pipeline and the NumPy/Pillow path used by ``predict``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -62,13 +61,6 @@ class Preset:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def transforms(self) -> Callable[[Any], np.ndarray]:
-        """Image file or RGB PIL image -> float32 (crop, crop, 3) model inputs, as predict
-        feeds them (like torchvision's ``weights.transforms()``)."""
-        from resnet_jax.images import load_rgb, preprocess
-
-        return lambda image: preprocess(image if hasattr(image, "mode") else load_rgb(image), self)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Preset:

@@ -46,12 +46,12 @@ class PretrainedWeights:
 
 def load_pretrained(path: str) -> PretrainedWeights:
     """Reads a converted checkpoint (``resnet_jax.verify --save``) or a training workdir."""
-    from resnet_jax import weights
+    from resnet_jax import card as cards
     from resnet_jax.training import restore
 
     fields = run_spec.source_preprocessing(path)  # Refuses a path that holds neither.
-    if weights.kind(path) == "weights":
-        _, variables, _, _, card = weights.load(path)
+    if cards.kind(path) == "weights":
+        card, variables = cards.read_card(path), cards.restore_variables(path)
         source, name = card.origin.get("framework"), card.origin.get("weights")
         what = f"{card.architecture} converted from {source} ({name})"
         return PretrainedWeights(path, card.architecture, variables, fields, what)
