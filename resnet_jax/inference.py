@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from resnet_jax import platform
+from resnet_jax import platform, storage
 from resnet_jax.checkpoint import CheckpointError, architecture_fingerprint
 from resnet_jax.data.classes import imagenet_class_names
 from resnet_jax.data.presets import Preset, get_preset
@@ -150,7 +150,7 @@ def load_predictor(path: str | Path, preset: str | None = None, batch_size: int 
     from resnet_jax.convert.converted_checkpoint import is_converted, load_converted
     from resnet_jax.training.restore import is_workdir
 
-    path = Path(path)
+    path = storage.path(path)
     if not path.exists():
         raise FileNotFoundError(
             f"{path}: no such checkpoint directory; give a converted checkpoint or a training "
@@ -189,7 +189,7 @@ def load_workdir(workdir: str | Path) -> tuple[ResNet, dict[str, Any], Preset, A
     from resnet_jax.training.workdir import CONFIG_FILE
 
     variables, meta = load_variables(workdir)
-    config_json = Path(workdir) / CONFIG_FILE
+    config_json = storage.path(workdir) / CONFIG_FILE
     saved = read_config(workdir) if config_json.is_file() else None
     recorded = meta.get("config")
     config = ml_collections.ConfigDict(recorded) if recorded else saved

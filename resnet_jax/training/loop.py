@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -22,6 +21,7 @@ import optax
 from absl import logging
 
 from resnet_jax import parallel as par
+from resnet_jax import storage
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint
 from resnet_jax.data import presets
 from resnet_jax.models import ResNet, create_model
@@ -68,7 +68,7 @@ class _Run:
     """Everything one run builds before its first step."""
 
     config: ml_collections.ConfigDict
-    workdir: str
+    workdir: storage.epath.Path
     info: Any
     steps_per_epoch: int
     total_steps: int
@@ -86,12 +86,15 @@ class _Run:
     profiler: StepProfiler
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: storage.PathLike
+) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says; returns the last train and eval metrics.
 
     Raises ``faults.Preempted`` after a SIGTERM or Ctrl-C (a checkpoint of the stop step is on disk)
     and ``faults.NonFiniteError`` when the loss or gradients stop being finite.
     """
+    workdir = storage.path(workdir)
     with faults.PreemptionWatcher(config.preemption_check_every_steps) as watcher:
         run = _setup(config, workdir)
         watcher.install()  # jax.distributed.initialize() may have put its own handler there.
@@ -109,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return result
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _Run:
     try:
         par.init_distributed(config.multihost)
     except ValueError as e:
@@ -150,9 +153,10 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     state = finetune.initialize(config, state, parallel, source)
     is_main = jax.process_index() == 0
     if is_main:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-            f.write(config.to_json_best_effort(indent=2, sort_keys=True) + "\n")
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / CONFIG_FILE).write_text(
+            config.to_json_best_effort(indent=2, sort_keys=True) + "\n"
+        )
 
     compile_cache.enable(config.compilation_cache_dir)
     preset = presets.data_preset(pipeline.with_defaults(config.data))  # for uint8 batches
@@ -170,7 +174,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         f"{config.model.name} ({num_params:,} params, {config.dtype}) on {config.data.dataset} "
         f"({info.num_train} train / {info.num_eval} eval images, {info.num_classes} classes): "
         f"{total_steps} steps of {config.batch_size} on {parallel.num_devices} "
-        f"{devices[0].platform} device(s) with {parallel.mode}. Workdir: {os.path.abspath(workdir)}"
+        f"{devices[0].platform} device(s) with {parallel.mode}. Workdir: {workdir}"
     )
     meta = {
         "model_name": config.model.name,
