@@ -34,8 +34,8 @@ def no_compile(monkeypatch):
 
 @pytest.fixture(scope="module")
 def gcs(tmp_path_factory):
-    """A GCS API server on localhost (gcp-storage-emulator) holding the empty bucket
-    ``gs://bucket``; the clients point at it through their settings: gcsfs and
+    """A GCS API server on localhost (gcp-storage-emulator, see gcs_emulator.py) holding the
+    empty bucket ``gs://bucket``; the clients point at it through their settings: gcsfs and
     google-cloud-storage read STORAGE_EMULATOR_HOST, tensorstore (orbax's arrays)
     TENSORSTORE_GCS_HTTP_URL and GOOGLE_AUTH_TOKEN_FOR_TESTING. Subprocesses inherit them."""
     import socket
@@ -48,7 +48,8 @@ def gcs(tmp_path_factory):
         port = s.getsockname()[1]
     log = open(tmp_path_factory.mktemp("gcs") / "emulator.log", "w")
     server = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--port", str(port)]
+        [sys.executable, os.path.join(os.path.dirname(__file__), "gcs_emulator.py"), "start"]
+        + ["--port", str(port)]
         + ["--in-memory", "--default-bucket", "bucket", "--quiet"],
         stdout=log,
         stderr=subprocess.STDOUT,

@@ -27,7 +27,8 @@ QUICKSTART = [
     f"--config.num_train_steps={TOTAL}",
     "--config.checkpoint_every_steps=4",
     "--config.log_every_steps=2",
-    "--config.eval_batch_size=359",
+    "--config.eval_batch_size=360",
+    "--config.optimizer.warmup_epochs=0.1",
     "--config.progress_bar=False",
 ]
 
@@ -146,7 +147,7 @@ def test_quickstart_on_gs_killed_and_rerun_ends_bitwise_as_uninterrupted(gcs, st
     workdir, uninterrupted = straight
     files = {p.name for p in epath.Path(workdir).iterdir()}
     assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "curves.png"} <= files
-    assert {"confusion.json", "confusion.png"} <= files
+    assert {"confusion_matrix.json", "confusion_matrix.png"} <= files
     steps = sorted(int(p.name) for p in epath.Path(workdir, "checkpoints").iterdir())
     assert steps[-1] == TOTAL
 
