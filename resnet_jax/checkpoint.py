@@ -7,9 +7,10 @@ the input pipeline replays the stream from there, so a resumed run continues exa
 
 A save is atomic: orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
 complete, so a killed writer leaves only a temporary directory, which restores ignore and
-orbax deletes when asked to (``remove_partial``). ``meta`` also records a checksum of the
-state's bits; a restore that reads other bits, or cannot read the files at all, raises
-``CheckpointReadError``.
+orbax deletes when asked to (``remove_partial``). On gs:// (no renames) orbax writes ``<step>``
+in place and marks it complete with ``commit_success.txt``; an unmarked one is ignored alike.
+``meta`` also records a checksum of the state's bits; a restore that reads other bits, or cannot
+read the files at all, raises ``CheckpointReadError``.
 """
 
 from __future__ import annotations

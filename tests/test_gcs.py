@@ -143,6 +143,7 @@ def straight(gcs, tmp_path_factory):
     return f"{gcs}/straight", dict(reports(lines, "SAVE"))
 
 
+@pytest.mark.slow  # Three train.py runs: about two minutes.
 def test_quickstart_on_gs_killed_and_rerun_ends_bitwise_as_uninterrupted(gcs, straight, tmp_path):
     workdir, uninterrupted = straight
     files = {p.name for p in epath.Path(workdir).iterdir()}
