@@ -7,16 +7,16 @@ the input pipeline replays the stream from there, so a resumed run continues exa
 
 A save is atomic: orbax writes into ``<step>.orbax-checkpoint-tmp-*`` and renames it when
 complete, so a killed writer leaves only a temporary directory, which restores ignore and
-orbax deletes when asked to (``remove_partial``). ``meta`` also records a checksum of the
-state's bits; a restore that reads other bits, or cannot read the files at all, raises
-``CheckpointReadError``.
+orbax deletes when asked to (``remove_partial``). On gs:// (no renames) orbax writes ``<step>``
+in place and marks it complete with ``commit_success.txt``; an unmarked one is ignored alike.
+``meta`` also records a checksum of the state's bits; a restore that reads other bits, or cannot
+read the files at all, raises ``CheckpointReadError``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +26,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from absl import logging
 from jax import lax
+
+from resnet_jax import storage
 
 STATE, META = "state", "meta"
 CHECKSUM = "_checksum"  # Key in the stored meta; removed from what restores return.
@@ -77,7 +79,9 @@ class CheckpointError(RuntimeError):
 class CheckpointReadError(CheckpointError):
     """A checkpoint's files cannot be read back (damaged, truncated) or hold other bits."""
 
-    def __init__(self, step: int, directory: str, cause: str, previous: int | None) -> None:
+    def __init__(
+        self, step: int, directory: storage.PathLike, cause: str, previous: int | None
+    ) -> None:
         hint = (
             f" If its files are damaged, set --config.restore_fallback=True to resume from the "
             f"previous checkpoint (step {previous}); the unreadable one is then renamed to "
@@ -102,13 +106,13 @@ class Checkpointer:
 
     def __init__(
         self,
-        directory: str,
+        directory: storage.PathLike,
         *,
         keep: int = 3,
         async_save: bool = True,
         remove_partial: bool = False,
     ) -> None:
-        self.directory = os.path.abspath(directory)
+        self.directory = storage.path(directory)
         options = ocp.CheckpointManagerOptions(
             max_to_keep=keep,
             enable_async_checkpointing=async_save,
@@ -225,8 +229,8 @@ class Checkpointer:
     def _set_aside(self, steps: list[int]) -> None:
         if jax.process_index() == 0:
             for step in steps:
-                path = os.path.join(self.directory, str(step))
-                os.replace(path, path + SET_ASIDE_SUFFIX)
+                path = self.directory / str(step)
+                path.rename(path.with_name(path.name + SET_ASIDE_SUFFIX))
         if jax.process_count() > 1:
             from jax.experimental import multihost_utils
 

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from etils import epath
 
+from resnet_jax import storage
 from resnet_jax.data.presets import get_preset
 from resnet_jax.images import IMAGE_SUFFIXES, list_images
 
@@ -150,6 +151,8 @@ def check_options(args: argparse.Namespace) -> None:
             "Give --checkpoint DIR (a converted checkpoint or a training workdir), "
             "or --random-init --model NAME."
         )
+    elif problem := storage.remote_problem(args.checkpoint, "--checkpoint"):
+        raise ValueError(problem)
     elif not epath.Path(args.checkpoint).exists():
         raise ValueError(
             f"--checkpoint {args.checkpoint}: no such directory; give a converted checkpoint "

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+from resnet_jax import storage
 from resnet_jax.data import presets
 from resnet_jax.training import steps
 from resnet_jax.training.evaluate import eval_sums
@@ -44,8 +44,11 @@ def confusion_step(
 
 
 def plot_confusion_matrix(
-    counts: np.ndarray, class_names: Sequence[str] | None, path: str, title: str = ""
-) -> str:
+    counts: np.ndarray,
+    class_names: Sequence[str] | None,
+    path: storage.PathLike,
+    title: str = "",
+) -> storage.epath.Path:
     """Counts as a heat map coloured by row (the fraction of each true class); returns ``path``."""
     # A bare Figure renders with Agg without switching the global backend (notebooks keep theirs).
     from matplotlib.figure import Figure
@@ -67,8 +70,7 @@ def plot_confusion_matrix(
             color = "white" if rows[i, j] > 0.5 else "black"
             ax.text(j, i, str(counts[i, j]), ha="center", va="center", color=color, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, path)
 
 
 def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
@@ -96,10 +98,10 @@ def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
     names = list(spec.class_names) if spec.class_names else None
     out = {"step": result["step"], "top1": top1, "count": count, "class_names": names}
     if jax.process_index() == 0:
-        with open(os.path.join(run.workdir, JSON_FILE), "w") as f:
-            json.dump({**out, "counts": counts.tolist()}, f)
+        workdir = storage.path(run.workdir)
+        (workdir / JSON_FILE).write_text(json.dumps({**out, "counts": counts.tolist()}))
         title = f"step {result['step']}: top-1 {top1:.4f} on {count} eval images"
-        path = plot_confusion_matrix(counts, names, os.path.join(run.workdir, PLOT_FILE), title)
+        path = plot_confusion_matrix(counts, names, workdir / PLOT_FILE, title)
         run.writer.write("final", result["step"], {"top1": top1, "count": count})
         run.progress.message(f"Final top-1 {top1:.4f} on {count} eval images. Confusion: {path}")
     return {**out, "counts": counts}

@@ -10,7 +10,6 @@ and asynchronous checkpoints; finally plot the curves.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +22,7 @@ from absl import logging
 from resnet_jax import build as builder
 from resnet_jax import parallel as par
 from resnet_jax import spec as run_spec
+from resnet_jax import storage
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint
 from resnet_jax.training import compile_cache, confusion, faults, finetune, steps, validate
 from resnet_jax.training import workdir as workdirs
@@ -39,7 +39,7 @@ class _Run:
 
     spec: run_spec.RunSpec
     config: ml_collections.FrozenConfigDict  # spec.config
-    workdir: str
+    workdir: storage.epath.Path
     parallel: par.DataParallel
     built: builder.Built  # The model as trained (frozen stages): the confusion matrix's too.
     train_fn: Callable
@@ -52,12 +52,15 @@ class _Run:
     profiler: StepProfiler
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+def train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: storage.PathLike
+) -> dict[str, Any]:
     """Trains and evaluates as ``config`` says; returns the last train and eval metrics.
 
     Raises ``faults.Preempted`` after a SIGTERM or Ctrl-C (a checkpoint of the stop step is on disk)
     and ``faults.NonFiniteError`` when the loss or gradients stop being finite.
     """
+    workdir = storage.path(workdir)
     with faults.PreemptionWatcher(config.preemption_check_every_steps) as watcher:
         run = _setup(config, workdir)
         watcher.install()  # jax.distributed.initialize() may have put its own handler there.
@@ -75,7 +78,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     return result
 
 
-def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
+def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _Run:
     try:
         par.init_distributed(config.multihost)
     except ValueError as e:
@@ -115,7 +118,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         f"{config.model.name} ({num_params:,} params, {config.dtype}) on {config.data.dataset} "
         f"({spec.num_train} train / {spec.num_eval} eval images, {spec.num_classes} classes): "
         f"{spec.total_steps} steps of {config.batch_size} on {parallel.num_devices} "
-        f"{devices[0].platform} device(s) with {parallel.mode}. Workdir: {os.path.abspath(workdir)}"
+        f"{devices[0].platform} device(s) with {parallel.mode}. Workdir: {workdir}"
     )
     meta = {
         "model_name": config.model.name,

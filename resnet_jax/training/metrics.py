@@ -4,6 +4,7 @@ and a one-line console progress bar (tqdm).
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -13,41 +14,45 @@ from typing import Any, TextIO
 from absl import logging
 from tqdm import tqdm
 
+from resnet_jax import storage
+
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+REMOTE_FLUSH_SECONDS = 10  # GCS takes about one write per second to an object.
 
 
-def read_metrics(workdir: str) -> list[dict[str, Any]]:
+def read_metrics(workdir: storage.PathLike) -> list[dict[str, Any]]:
     """All rows of ``workdir/metrics.jsonl`` (train and eval), in the order written."""
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = storage.path(workdir) / METRICS_FILE
+    if not path.exists():
         return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def drop_rows_after(workdir: str, step: int) -> int:
+def drop_rows_after(workdir: storage.PathLike, step: int) -> int:
     """Removes the rows of ``metrics.jsonl`` past ``step`` (and damaged lines); returns how many.
 
     A run resumed from the checkpoint of ``step`` redoes the steps after it: their rows from the
     attempt that did not reach a checkpoint go, so that each (split, step) appears once. The
-    rows kept are left byte for byte; the file is replaced atomically (temp file, rename).
+    rows kept are left byte for byte; the file is replaced whole, never half-way (a temp file
+    and a rename; on gs:// one upload, which replaces the object in one piece).
     """
-    path = os.path.join(workdir, METRICS_FILE)
-    if not os.path.exists(path):
+    path = storage.path(workdir) / METRICS_FILE
+    if not path.exists():
         return 0
-    with open(path) as f:
-        lines = f.readlines()
+    lines = path.read_text().splitlines(keepends=True)
     kept = [line for line in lines if line.strip() and _step_of(line) <= step]
     dropped = sum(1 for line in lines if line.strip()) - len(kept)
     if not dropped:
         return 0
     if kept and not kept[-1].endswith("\n"):
         kept[-1] += "\n"
-    tmp = path + ".tmp"
-    with open(tmp, "w") as f:
-        f.writelines(kept)
-    os.replace(tmp, path)
+    if storage.is_remote(path):  # An upload replaces the object whole; GCS has no renames.
+        path.write_text("".join(kept))
+        return dropped
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept))
+    tmp.replace(path)
     return dropped
 
 
@@ -64,11 +69,14 @@ class MetricWriter:
     ``resume_step``: the run continues from that step's checkpoint; rows past it are dropped
     first (see ``drop_rows_after``), and a (split, step) already recorded is not written again
     (a rerun of a finished run evaluates its last step again).
+
+    Objects in a gs:// bucket cannot be appended to: there every row rewrites the whole file
+    (an upload replaces the object in one piece, so a killed run still leaves whole rows).
     """
 
     def __init__(
         self,
-        workdir: str,
+        workdir: storage.PathLike,
         *,
         enabled: bool = True,
         tensorboard: bool = True,
@@ -76,11 +84,13 @@ class MetricWriter:
     ) -> None:
         self.enabled = enabled
         self._jsonl: TextIO | None = None
+        self._rows: list[str] | None = None  # On gs://: the file's text, rewritten per row.
         self._tb: Any = None  # A tensorboardX SummaryWriter.
         self._recorded: set[tuple[str, int]] = set()
         if not enabled:
             return
-        os.makedirs(workdir, exist_ok=True)
+        workdir = storage.path(workdir)
+        workdir.mkdir(parents=True, exist_ok=True)
         dropped = drop_rows_after(workdir, resume_step)
         if dropped:
             logging.warning(
@@ -90,15 +100,22 @@ class MetricWriter:
                 resume_step,
                 METRICS_FILE,
             )
-        self._recorded = {(r["split"], int(r["step"])) for r in read_metrics(workdir)}
-        self._jsonl = open(os.path.join(workdir, METRICS_FILE), "a")
+        rows = read_metrics(workdir)
+        self._recorded = {(r["split"], int(r["step"])) for r in rows}
+        self._path = workdir / METRICS_FILE
+        if storage.is_remote(workdir):
+            self._rows = [json.dumps(r) + "\n" for r in rows]
+        else:
+            self._jsonl = open(self._path, "a")
         if tensorboard:
             from tensorboardX import SummaryWriter  # Imported when used: it imports torch if found.
+            from tensorboardX.record_writer import register_writer_factory
 
+            register_writer_factory("gs", _RemoteEventFiles())
             # events.out.tfevents.<time>.<host>.<pid>, written by a thread that flushes each second.
             self._tb = SummaryWriter(
-                os.path.join(workdir, TENSORBOARD_DIR),
-                flush_secs=1,
+                os.fspath(workdir / TENSORBOARD_DIR),
+                flush_secs=REMOTE_FLUSH_SECONDS if storage.is_remote(workdir) else 1,
                 filename_suffix=f".{os.getpid()}",
             )
 
@@ -109,8 +126,12 @@ class MetricWriter:
         self._recorded.add((split, int(step)))
         row = {"split": split, "step": int(step)}
         row.update({k: _plain(v) for k, v in values.items()})
-        self._jsonl.write(json.dumps(row) + "\n")
-        self._jsonl.flush()
+        if self._rows is not None:
+            self._rows.append(json.dumps(row) + "\n")
+            self._path.write_text("".join(self._rows))
+        else:
+            self._jsonl.write(json.dumps(row) + "\n")
+            self._jsonl.flush()
         if self._tb is not None:
             for k, v in row.items():
                 if k not in ("split", "step") and isinstance(v, float):
@@ -121,6 +142,38 @@ class MetricWriter:
             self._jsonl.close()
         if self._tb is not None:
             self._tb.close()
+
+
+class _RemoteEventFile:
+    """A TensorBoard event file on gs://, where objects cannot be appended to: each flush that
+    follows new records uploads the whole file (through epath, as every other file is)."""
+
+    def __init__(self, path: str) -> None:
+        self._path = storage.path(path)
+        self._data = io.BytesIO()
+        self._uploaded = 0
+
+    def write(self, data: bytes) -> None:
+        self._data.write(data)
+
+    def flush(self) -> None:
+        if self._data.tell() != self._uploaded:
+            self._path.write_bytes(self._data.getvalue())
+            self._uploaded = self._data.tell()
+
+    def close(self) -> None:
+        self.flush()
+
+
+class _RemoteEventFiles:
+    """tensorboardX's writer factory for gs:// paths (its own needs google-cloud-storage and
+    uploads again when garbage-collected, even after the run closed it)."""
+
+    def open(self, path: str) -> _RemoteEventFile:
+        return _RemoteEventFile(path)
+
+    def directory_check(self, path: str) -> None:
+        pass  # Object stores have no directories to create.
 
 
 def _plain(v: Any) -> Any:

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
+from resnet_jax import storage
 from resnet_jax.training.metrics import read_metrics
 
 PLOT_FILE = "curves.png"
 
 
-def plot_curves(workdir: str, rows: list[dict[str, Any]] | None = None) -> str | None:
+def plot_curves(
+    workdir: storage.PathLike, rows: list[dict[str, Any]] | None = None
+) -> storage.epath.Path | None:
     """Writes ``workdir/curves.png`` (loss and top-1 vs step); returns its path."""
     rows = read_metrics(workdir) if rows is None else rows
     train = [r for r in rows if r.get("split") == "train"]
@@ -46,6 +48,4 @@ def plot_curves(workdir: str, rows: list[dict[str, Any]] | None = None) -> str |
         best = max(evals, key=lambda r: r["top1"])
         fig.suptitle(f"final validation top-1 {evals[-1]['top1']:.4f} (best {best['top1']:.4f})")
     fig.tight_layout()
-    path = os.path.join(workdir, PLOT_FILE)
-    fig.savefig(path, dpi=100)
-    return path
+    return storage.save_figure(fig, storage.path(workdir) / PLOT_FILE)

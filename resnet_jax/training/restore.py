@@ -8,45 +8,43 @@ builds a predictor from (its model and preset through ``resnet_jax.build.model_f
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
 
+from resnet_jax import storage
 from resnet_jax.checkpoint import META, STATE, Checkpointer
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
 
-def is_workdir(path: str | os.PathLike) -> bool:
+def is_workdir(path: storage.PathLike) -> bool:
     """True when ``path`` looks like a training workdir (a saved config or checkpoints)."""
-    return os.path.isfile(os.path.join(path, CONFIG_FILE)) or os.path.isdir(
-        os.path.join(path, CHECKPOINT_DIR)
-    )
+    path = storage.path(path)
+    return (path / CONFIG_FILE).is_file() or (path / CHECKPOINT_DIR).is_dir()
 
 
-def read_config(workdir: str | os.PathLike) -> ml_collections.ConfigDict:
+def read_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
     """The run's config as the loop saved it (``workdir/config.json``)."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = storage.path(workdir) / CONFIG_FILE
+    if not path.is_file():
         raise FileNotFoundError(
             f"{workdir} has no {CONFIG_FILE}: not a training workdir written by train.py."
         )
-    with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+    return ml_collections.ConfigDict(json.loads(path.read_text()))
 
 
 def load_variables(
-    workdir: str | os.PathLike, step: int | None = None
+    workdir: storage.PathLike, step: int | None = None
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """({'params', 'batch_stats'}, checkpoint metadata) of ``step`` (default: the latest).
 
     Every array lands on the first local device, whatever mesh the run was trained on.
     """
-    directory = os.path.abspath(os.path.join(workdir, CHECKPOINT_DIR))
-    if not os.path.isdir(directory):
+    directory = storage.path(workdir) / CHECKPOINT_DIR
+    if not directory.is_dir():
         raise FileNotFoundError(f"{workdir} has no checkpoints (looked for {directory}).")
     ckpt = Checkpointer(directory, async_save=False)
     try:

@@ -12,6 +12,7 @@ import tempfile
 
 import ml_collections
 
+from resnet_jax import storage
 from resnet_jax.data.presets import IMAGE_DTYPES, INTERPOLATIONS
 from resnet_jax.models import list_models, model_spec
 from resnet_jax.parallel import MODES, check_batch_size
@@ -135,11 +136,14 @@ def _probe_write(directory: str) -> None:
         pass
 
 
-def check_workdir(workdir: str) -> None:
+def check_workdir(workdir: storage.PathLike) -> None:
     """Raises ConfigError when ``workdir`` cannot hold the run's files (a file is in the way or
     it cannot be written), before anything is built. Creates nothing."""
-    if "://" in workdir:
-        return  # Remote storage: the checkpointer says what it supports.
+    if storage.is_remote(workdir):
+        problem = storage.remote_problem(workdir, "--workdir")
+        if problem:
+            raise ConfigError(problem)
+        return
     fix = "pass --workdir=DIR naming a directory you can write to (new, or an earlier run's)"
     path = existing = os.path.abspath(workdir)
     while not os.path.exists(existing):

@@ -10,7 +10,6 @@ stored (``FREE_FIELDS``) may change on every resume.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import jax
@@ -18,6 +17,7 @@ import ml_collections
 from absl import logging
 
 from resnet_jax import parallel as par
+from resnet_jax import storage
 from resnet_jax.checkpoint import Checkpointer, CheckpointError, check_compatible
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.validate import ConfigError
@@ -108,27 +108,26 @@ def check_unchanged(
     )
 
 
-def write_record(workdir: str, spec: Any) -> None:
+def write_record(workdir: storage.PathLike, spec: Any) -> None:
     """Writes the run's resolved spec (a RunSpec) as ``config.json``: every config field as
     earlier runs recorded them, plus its derived numbers under 'derived'."""
-    os.makedirs(workdir, exist_ok=True)
-    with open(os.path.join(workdir, CONFIG_FILE), "w") as f:
-        f.write(json.dumps(spec.record(), indent=2, sort_keys=True) + "\n")
+    workdir = storage.path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / CONFIG_FILE).write_text(json.dumps(spec.record(), indent=2, sort_keys=True) + "\n")
 
 
-def read_recorded_config(workdir: str) -> dict[str, Any] | None:
+def read_recorded_config(workdir: storage.PathLike) -> dict[str, Any] | None:
     """The config.json of an earlier run in ``workdir``, or None."""
-    path = os.path.join(workdir, CONFIG_FILE)
-    if not os.path.isfile(path):
+    path = storage.path(workdir) / CONFIG_FILE
+    if not path.is_file():
         return None
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ConfigError(
-                f"{path} is not readable JSON ({e}): it records the run in this workdir. Restore "
-                "it, or use a new --workdir; nothing was changed."
-            ) from None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(
+            f"{path} is not readable JSON ({e}): it records the run in this workdir. Restore "
+            "it, or use a new --workdir; nothing was changed."
+        ) from None
 
 
 def check_recorded_model(
@@ -147,7 +146,7 @@ def check_recorded_model(
 
 def resume(
     config: ml_collections.ConfigDict,
-    workdir: str,
+    workdir: storage.PathLike,
     state: TrainState,
     parallel: par.DataParallel,
     fingerprint: str,
@@ -158,10 +157,10 @@ def resume(
     saving) after checking that it is of this architecture and config; without checkpoints,
     checks config.json. A refusal leaves every file in the workdir as it was.
     """
-    directory = os.path.join(workdir, CHECKPOINT_DIR)
+    directory = storage.path(workdir) / CHECKPOINT_DIR
     keep = config.keep_checkpoints
     found = None
-    if os.path.isdir(directory):
+    if directory.is_dir():
         reader = Checkpointer(directory, async_save=False)
         try:
             found = _restore(reader, state, parallel, config, fingerprint)
@@ -170,7 +169,7 @@ def resume(
     if found is None:
         recorded = read_recorded_config(workdir)
         if recorded is not None:
-            where = os.path.join(os.path.abspath(workdir), CONFIG_FILE)
+            where = str(storage.path(workdir) / CONFIG_FILE)
             check_recorded_model(recorded, config, where=where)
             check_unchanged(recorded, config, where=where)
     else:

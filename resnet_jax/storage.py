@@ -1,0 +1,72 @@
+"""Every file the project reads or writes goes through ``etils.epath``: a local path or a
+``gs://bucket/...`` one works wherever the other does.
+
+gs:// goes through gcsfs (fsspec), not TensorFlow's file system, so training hosts need no
+TensorFlow; orbax writes checkpoint arrays to gs:// itself, with tensorstore. Both read the
+usual Google Cloud credentials (on a Cloud TPU VM: the VM's service account).
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("EPATH_USE_TF", "false")  # Before etils first picks a gs:// backend.
+
+from etils import epath  # noqa: E402
+
+PathLike = str | os.PathLike
+EMULATOR = "STORAGE_EMULATOR_HOST"  # A local GCS API server (tests) needs no credentials.
+
+
+def path(p: PathLike) -> epath.Path:
+    """``p`` as an ``epath.Path``; a local path is made absolute, so that messages say where."""
+    p = epath.Path(p)
+    return p if is_remote(p) else epath.Path(os.path.abspath(p))
+
+
+def is_remote(p: PathLike) -> bool:
+    return "://" in os.fspath(p)
+
+
+def remote_problem(p: PathLike, flag: str) -> str | None:
+    """Why the bucket of a gs:// ``p`` cannot be used (no credentials, no such bucket), said in
+    one line naming ``flag`` and what to set; None for local paths and usable buckets.
+
+    Checked before a run starts: otherwise the first sign is a storage library's traceback from
+    the first write, deep inside a checkpoint save.
+    """
+    text = os.fspath(p)
+    if not text.startswith("gs://"):
+        return None if not is_remote(text) else f"{flag}={text}: only gs:// remote paths work."
+    bucket = text[len("gs://") :].split("/")[0]
+    if not os.environ.get(EMULATOR):
+        import google.auth
+        import google.auth.exceptions
+
+        try:
+            google.auth.default()
+        except google.auth.exceptions.DefaultCredentialsError:
+            return (
+                f"{flag}={text} needs Google Cloud credentials, and none were found. On a Cloud "
+                "TPU or GCE VM the VM's service account is used; elsewhere run `gcloud auth "
+                "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS to a "
+                "service-account key file."
+            )
+    try:
+        found = epath.Path(f"gs://{bucket}").exists()
+    except OSError as e:  # PermissionError etc. from gcsfs: the bucket exists but is not ours.
+        return f"{flag}={text}: bucket gs://{bucket} cannot be read with these credentials ({e})."
+    if not found:
+        return (
+            f"{flag}={text}: bucket gs://{bucket} does not exist (or these credentials cannot see "
+            f"it). Create it (`gcloud storage buckets create gs://{bucket}`) or fix the path."
+        )
+    return None
+
+
+def save_figure(fig, p: PathLike) -> epath.Path:
+    """Writes a matplotlib figure as PNG to ``p`` (local or gs://); returns the path."""
+    p = path(p)
+    with p.open("wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    return p

@@ -1,0 +1,224 @@
+"""A gs:// workdir works wherever a local one does, against a real GCS API server on localhost
+(the ``gcs`` fixture): the run's files, a SIGKILLed run resumed bitwise, two processes sharing
+one workdir, predict from a gs:// checkpoint; a missing bucket or credentials is one line."""
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from etils import epath
+from PIL import Image
+
+from resnet_jax import storage
+from resnet_jax.training.metrics import MetricWriter, drop_rows_after, read_metrics
+from resnet_jax.training.plot import plot_curves
+from resnet_jax.training.validate import ConfigError, check_workdir
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+DRIVER = REPO / "tests" / "drivers" / "crash_resume_train.py"
+TOTAL = 12
+# The quickstart (real digits data), cut to TOTAL steps with a checkpoint every 4.
+QUICKSTART = [
+    f"--config.num_train_steps={TOTAL}",
+    "--config.checkpoint_every_steps=4",
+    "--config.log_every_steps=2",
+    "--config.eval_batch_size=360",
+    "--config.optimizer.warmup_epochs=0.1",
+    "--config.progress_bar=False",
+]
+
+
+def test_files_metrics_and_plots_round_trip_through_the_bucket(gcs):
+    path = storage.path(f"{gcs}/files/a/b.txt")
+    assert str(path) == "gs://bucket/files/a/b.txt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("hello")
+    assert path.read_text() == "hello" and epath.Path(f"{gcs}/files/a").is_dir()
+
+    workdir = f"{gcs}/files/run"
+    writer = MetricWriter(workdir, tensorboard=True)
+    for step in (2, 4, 6):
+        writer.write("train", step, {"loss": 1.0 / step, "top1": 0.1 * step})
+    writer.close()
+    assert [r["step"] for r in read_metrics(workdir)] == [2, 4, 6]  # Rows, though no appends.
+    assert drop_rows_after(workdir, 4) == 1  # A resume from step 4 drops step 6.
+    text = epath.Path(workdir, "metrics.jsonl").read_text()
+    assert [json.loads(line)["step"] for line in text.splitlines()] == [2, 4]
+    assert not epath.Path(workdir, "metrics.jsonl.tmp").exists()
+    writer = MetricWriter(workdir, tensorboard=False, resume_step=4)
+    writer.write("train", 4, {"loss": 9.0, "top1": 0.9})  # Recorded already: not written again.
+    writer.write("train", 6, {"loss": 0.2, "top1": 0.6})
+    writer.close()
+    assert [(r["step"], r["loss"]) for r in read_metrics(workdir)] == [
+        (2, 0.5),
+        (4, 0.25),
+        (6, 0.2),
+    ]
+    events = list(epath.Path(workdir, "tensorboard").iterdir())
+    assert len(events) == 1 and events[0].name.startswith("events.out.tfevents.")
+    assert events[0].stat().length > 0
+
+    png = plot_curves(workdir)
+    assert str(png) == f"{workdir}/curves.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_missing_bucket_or_missing_credentials_is_one_clear_message(gcs, monkeypatch, tmp_path):
+    with pytest.raises(ConfigError) as e:
+        check_workdir("gs://no-such-bucket/run")
+    assert str(e.value) == (
+        "--workdir=gs://no-such-bucket/run: bucket gs://no-such-bucket does not exist (or these "
+        "credentials cannot see it). Create it (`gcloud storage buckets create "
+        "gs://no-such-bucket`) or fix the path."
+    )
+    check_workdir(f"{gcs}/run")  # The bucket exists: no error.
+
+    monkeypatch.delenv("STORAGE_EMULATOR_HOST")  # Real GCS, and no credentials anywhere.
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS", raising=False)
+    monkeypatch.setenv("CLOUDSDK_CONFIG", str(tmp_path))  # No gcloud login.
+    monkeypatch.setenv("GCE_METADATA_HOST", "127.0.0.1:9")  # Not on a GCE VM.
+    monkeypatch.setenv("GCE_METADATA_IP", "127.0.0.1:9")
+    problem = storage.remote_problem("gs://bucket/run", "--workdir")
+    assert problem == (
+        "--workdir=gs://bucket/run needs Google Cloud credentials, and none were found. On a "
+        "Cloud TPU or GCE VM the VM's service account is used; elsewhere run `gcloud auth "
+        "application-default login` or set GOOGLE_APPLICATION_CREDENTIALS to a service-account "
+        "key file."
+    )
+    assert storage.remote_problem("/tmp/run", "--workdir") is None
+
+
+def train(workdir: str, tmp: pathlib.Path, *flags: str) -> subprocess.Popen:
+    """The quickstart through train.py (reporting saves and restores), output to a pipe."""
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "JAX_PLATFORMS": "cpu",
+        "JAX_NUM_CPU_DEVICES": "2",
+        "JAX_DISABLE_MOST_OPTIMIZATIONS": "1",
+        "JAX_COMPILATION_CACHE_DIR": str(tmp / "jax_cache"),
+        "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+        "COMMIT_DELAY_S": "0",
+    }
+    config = REPO / "configs" / "quickstart.py"
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), str(config), workdir, *QUICKSTART, *flags],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def finish(proc: subprocess.Popen) -> tuple[int, list[str]]:
+    out, _ = proc.communicate(timeout=300)
+    return proc.returncode, out.splitlines()
+
+
+def reports(lines: list[str], kind: str) -> list[tuple[int, str]]:
+    return [(int(w[1]), w[2]) for w in (x.split() for x in lines) if w[:1] == [kind]]
+
+
+def final_arrays(workdir: str) -> list[np.ndarray]:
+    import jax
+    import orbax.checkpoint as ocp
+
+    manager = ocp.CheckpointManager(epath.Path(workdir, "checkpoints"), item_names=("state",))
+    restored = manager.restore(TOTAL, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    manager.close()
+    return [np.asarray(x) for x in jax.tree.leaves(restored["state"])]
+
+
+@pytest.fixture(scope="module")
+def straight(gcs, tmp_path_factory):
+    """An uninterrupted quickstart run in gs://bucket/straight: (its workdir, its saves)."""
+    tmp = tmp_path_factory.getbasetemp()
+    code, lines = finish(train(f"{gcs}/straight", tmp))
+    assert code == 0, "\n".join(lines[-40:])
+    return f"{gcs}/straight", dict(reports(lines, "SAVE"))
+
+
+@pytest.mark.slow  # Three train.py runs: about two minutes.
+def test_quickstart_on_gs_killed_and_rerun_ends_bitwise_as_uninterrupted(gcs, straight, tmp_path):
+    workdir, uninterrupted = straight
+    files = {p.name for p in epath.Path(workdir).iterdir()}
+    assert {"config.json", "metrics.jsonl", "tensorboard", "checkpoints", "curves.png"} <= files
+    assert {"confusion_matrix.json", "confusion_matrix.png"} <= files
+    steps = sorted(int(p.name) for p in epath.Path(workdir, "checkpoints").iterdir())
+    assert steps[-1] == TOTAL
+
+    killed = f"{gcs}/run"
+    proc = train(killed, tmp_path.parent)
+    seen = []
+    for line in proc.stdout:  # Save k waits for save k-1: after two, one is complete.
+        seen.append(line)
+        if len(reports(seen, "SAVE")) == 2:
+            break
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait(timeout=60) == -signal.SIGKILL
+    assert reports(seen, "SAVE")[-1][0] < TOTAL, "".join(seen[-20:])
+
+    code, lines = finish(train(killed, tmp_path.parent))
+    assert code == 0, "\n".join(lines[-40:])
+    (restored,) = reports(lines, "RESTORE")
+    assert restored == (restored[0], uninterrupted[restored[0]])  # The bits saved before the kill.
+    assert reports(lines, "SAVE")[-1] == (TOTAL, uninterrupted[TOTAL])
+    rows = read_metrics(killed)
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(2, TOTAL + 1, 2))
+    for a, b in zip(final_arrays(workdir), final_arrays(killed), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_predict_reads_a_gs_workdir_and_writes_gs_outputs(gcs, straight, tmp_path):
+    from resnet_jax import predict
+
+    workdir, _ = straight
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.full((24, 24, 3), 200, np.uint8)).save(image)
+    out = f"{gcs}/predictions/out.json"
+    assert predict.main(["--checkpoint", workdir, str(image), "--output", out, "--top-k", "3"]) == 0
+    (row,) = json.loads(epath.Path(out).read_text())
+    assert len(row["indices"]) == 3 and row["path"] == str(image)
+
+
+def test_train_py_names_a_missing_bucket_in_one_line(gcs, tmp_path):
+    code, lines = finish(train("gs://no-such-bucket/run", tmp_path))
+    assert code == 1
+    assert lines[-1] == (
+        "train.py: --workdir=gs://no-such-bucket/run: bucket gs://no-such-bucket does not exist "
+        "(or these credentials cannot see it). Create it (`gcloud storage buckets create "
+        "gs://no-such-bucket`) or fix the path."
+    )
+    assert not [line for line in lines if "Traceback" in line]
+
+
+def test_two_processes_train_into_one_gs_workdir(gcs, tmp_path):
+    from test_multihost import TOTAL as STEPS
+    from test_multihost import launch, output, records
+
+    workdir = f"{gcs}/multihost"
+    procs = launch(tmp_path, workdir, "gs")
+    try:
+        codes = [p.wait(timeout=300) for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+    assert codes == [0, 0], output(tmp_path, "gs", 0) + output(tmp_path, "gs", 1)
+    steps = [dict(records(tmp_path, "gs", i, "STEP")) for i in range(2)]
+    assert steps[0] == steps[1] and sorted(map(int, steps[0])) == list(range(1, STEPS + 1))
+    saved = sorted(int(p.name) for p in epath.Path(workdir, "checkpoints").iterdir())
+    assert saved[-1] == STEPS
+    rows = read_metrics(workdir)
+    assert [r["step"] for r in rows if r["split"] == "train"] == list(range(2, STEPS + 1, 2))
+
+
+def test_epath_picks_gcsfs_not_tensorflow_for_gs(gcs):
+    from etils.epath import backend
+
+    assert os.environ["EPATH_USE_TF"] == "false"
+    assert epath.Path(f"{gcs}/x")._backend is backend.fsspec_backend
