@@ -120,6 +120,8 @@ def test_bad_augment_specs_and_images_say_what_to_write():
         augment.make_train_augment("rand-n2.5")
     with pytest.raises(ValueError, match=r"^Unknown augmentation 'autoaug'; expected 'rand-"):
         augment.make_train_augment("autoaug")
+    with pytest.raises(ValueError, match=r"^Unknown augmentation interpolation 'lanczos'"):
+        augment.make_train_augment("ta_wide", interpolation="lanczos")
     with pytest.raises(ValueError, match=r"uint8 RGB images of shape \(H, W, 3\); got float32"):
         augment.make_train_augment("ta_wide")(
             np.zeros((4, 4, 3), np.float32), np.random.default_rng()

@@ -156,6 +156,7 @@ def rand_augment(
     """timm's RandAugment: ``num_layers`` ops drawn with replacement, each applied with ``prob``
     at a magnitude drawn from N(magnitude, magnitude_std) (uniform in [0, m] for inf), clipped
     to [0, magnitude_max or 10]; 'random' interpolation picks bilinear or bicubic per op."""
+    _check_interpolation(interpolation, ("random", *INTERPOLATIONS))
     names = RAND_OPS_INCREASING if increasing else RAND_OPS
     upper = magnitude_max or _LEVEL_DENOM
 
@@ -175,6 +176,11 @@ def rand_augment(
         return np.asarray(img)
 
     return augment
+
+
+def _check_interpolation(name: str, allowed: tuple[str, ...]) -> None:
+    if name not in allowed:
+        raise ValueError(f"Unknown augmentation interpolation {name!r}; expected one of {allowed}.")
 
 
 def _resample(interpolation: str, rng: np.random.Generator) -> int:
@@ -257,6 +263,7 @@ def trivial_augment_space(num_bins: int = 31) -> dict[str, tuple[np.ndarray, boo
 def trivial_augment_wide(num_bins: int = 31, interpolation: str = "nearest", fill=0) -> Augment:
     """TrivialAugmentWide (Muller and Hutter 2021): one uniformly drawn op at a uniformly drawn
     magnitude bin, negated half the time where signed (torchvision's defaults)."""
+    _check_interpolation(interpolation, ("nearest", *INTERPOLATIONS))
     space = list(trivial_augment_space(num_bins).items())
     resample = {"nearest": Image.Resampling.NEAREST, **INTERPOLATIONS}[interpolation]
 

@@ -41,6 +41,22 @@ def check_output(
     chex.assert_type(y, dtype, custom_message=f"{_label(block)} output")
 
 
+def drop_path(x: jax.Array, rate: float, keep: jax.Array) -> jax.Array:
+    """Stochastic depth (Huang et al. 2016) as timm's drop_path: the residual branch of examples
+    not in ``keep`` (bool [N]) is zeroed, the kept ones are scaled by 1 / (1 - rate)."""
+    keep = keep.reshape((x.shape[0],) + (1,) * (x.ndim - 1))
+    return x * (keep.astype(x.dtype) / (1.0 - rate))
+
+
+def residual_branch(block: nn.Module, y: jax.Array) -> jax.Array:
+    """The residual branch before the add: drop path in training (Flax 'dropout' rng stream)."""
+    if block.drop_path_rate == 0 or not block.layers.train:
+        return y
+    rate = block.drop_path_rate
+    keep = jax.random.bernoulli(block.make_rng("dropout"), 1 - rate, y.shape[:1])
+    return drop_path(y, rate, keep)
+
+
 def projection_shortcut(
     x: jax.Array,
     kind: str,
@@ -80,6 +96,7 @@ class BasicBlock(nn.Module):
     shortcut: str = "conv"
     conv_bias: bool = False
     zero_init_last_bn: bool = False
+    drop_path_rate: float = 0.0
     expansion = 1
 
     @nn.compact
@@ -96,7 +113,7 @@ class BasicBlock(nn.Module):
                 residual = projection_shortcut(
                     x, self.shortcut, L, self.features, self.stride, self.conv_bias
                 )
-            y = y + residual
+            y = residual_branch(self, y) + residual
         y = nn.relu(y)
         check_output(self, x, y, self.stride, self.features, L.dtype)
         return y
@@ -120,6 +137,7 @@ class Bottleneck(nn.Module):
     shortcut: str = "conv"
     conv_bias: bool = False
     zero_init_last_bn: bool = False
+    drop_path_rate: float = 0.0
     expansion = 4
 
     @nn.compact
@@ -139,7 +157,7 @@ class Bottleneck(nn.Module):
             residual = x
             if self.stride != 1 or self.in_channels != out:
                 residual = projection_shortcut(x, self.shortcut, L, out, self.stride, bias)
-            y = y + residual
+            y = residual_branch(self, y) + residual
         y = nn.relu(y)
         check_output(self, x, y, self.stride, out, L.dtype)
         return y
@@ -158,6 +176,7 @@ class PreActBottleneck(nn.Module):
     layers: LayerFactory
     stride: int = 1
     conv_bias: bool = True
+    drop_path_rate: float = 0.0
     expansion = 4
 
     @nn.compact
@@ -177,6 +196,6 @@ class PreActBottleneck(nn.Module):
         y = L.conv(self.features, 3, self.stride, name="conv2")(y)
         y = nn.relu(L.norm(name="bn2")(y))
         y = L.conv(out, 1, bias=self.conv_bias, name="conv3")(y)
-        y = y + residual
+        y = residual_branch(self, y) + residual
         check_output(self, x, y, self.stride, out, L.dtype)
         return y

@@ -46,6 +46,8 @@ class ResNet(nn.Module):
       and pass no gradient back (mmdetection's frozen_stages with norm_eval); 0: none, -1: the
       whole backbone (with v2's post_bn). Same parameters; fine-tuning pairs it with an
       optimizer that leaves those parameters alone.
+    drop_path_rate: stochastic depth in training (needs a 'dropout' rng); block i of n drops its
+      residual branch with rate * i / (n - 1), timm's linear rule. No parameters.
     """
 
     stage_sizes: Sequence[int]
@@ -73,6 +75,7 @@ class ResNet(nn.Module):
     space_to_depth: bool = False
     remat: bool = False
     frozen_stages: int = 0
+    drop_path_rate: float = 0.0
 
     def validate(self) -> None:
         """Raises ValueError for an impossible architecture, before anything is traced."""
@@ -112,6 +115,7 @@ class ResNet(nn.Module):
                 -1 <= self.frozen_stages <= len(self.stage_sizes),
                 f"frozen_stages={self.frozen_stages} must be in [-1, {len(self.stage_sizes)}]",
             ),
+            (0 <= self.drop_path_rate < 1, f"drop_path_rate={self.drop_path_rate} not in [0, 1)"),
         ]
         errors = [msg for ok, msg in checks if not ok]
         if errors:
@@ -120,6 +124,11 @@ class ResNet(nn.Module):
     def num_frozen_stages(self) -> int:
         """frozen_stages with -1 resolved to the number of stages."""
         return len(self.stage_sizes) if self.frozen_stages < 0 else self.frozen_stages
+
+    def block_drop_path_rates(self) -> list[float]:
+        """Per-block drop path rates, rising linearly from 0 to drop_path_rate (timm's rule)."""
+        n = sum(self.stage_sizes)
+        return [self.drop_path_rate * i / max(n - 1, 1) for i in range(n)]
 
     def stage_stride(self, stage: int, index: int) -> int:
         """v1/v1.5 stride the first block of stages 2+; v2 the last block of all but the last."""
@@ -156,6 +165,7 @@ class ResNet(nn.Module):
         features["stem"] = x
 
         channels = x.shape[-1]
+        rates = iter(self.block_drop_path_rates())
         for stage, (n_blocks, width) in enumerate(
             zip(self.stage_sizes, self.stage_widths, strict=True)
         ):
@@ -165,6 +175,7 @@ class ResNet(nn.Module):
                     channels,
                     self.stage_stride(stage, index),
                     frozen_L if stage < frozen else L,
+                    next(rates),
                     name=f"layer{stage + 1}_{index}",
                 )
                 x = block(x)
@@ -228,17 +239,18 @@ class ResNet(nn.Module):
         return max_pool_3x3_s2(x)
 
     def _block(
-        self, width: int, channels: int, stride: int, L: LayerFactory, name: str
+        self, width: int, channels: int, stride: int, L: LayerFactory, rate: float, name: str
     ) -> nn.Module:
         wrap = nn.remat if self.remat else (lambda cls: cls)
         if self.variant == "v2":
             return wrap(PreActBottleneck)(
-                width, channels, L, stride, conv_bias=self.conv_bias, name=name
+                width, channels, L, stride, self.conv_bias, drop_path_rate=rate, name=name
             )
         common = dict(
             shortcut=self.shortcut,
             conv_bias=self.conv_bias,
             zero_init_last_bn=self.zero_init_last_bn,
+            drop_path_rate=rate,
             name=name,
         )
         if self.block == "basic":
