@@ -54,10 +54,9 @@ def build_model(
         "zero_init_last_bn": config.model.zero_init_last_bn,
         "space_to_depth": config.model.space_to_depth,
         "remat": config.model.remat,
+        "drop_path_rate": config.model.drop_path_rate,
         **config.model.kwargs.to_dict(),  # Any ResNet attribute, these included.
     }
-    if config.model.drop_path_rate:
-        settings["drop_path_rate"] = config.model.drop_path_rate
     return create_model(
         config.model.name, **settings, **(parallel.model_overrides() if parallel else {})
     )
