@@ -7,8 +7,10 @@ network here (``build_model``), so a config means the same network everywhere.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -16,18 +18,23 @@ from resnet_jax import parallel as par
 from resnet_jax import spec as run_spec
 from resnet_jax.data.presets import Preset
 from resnet_jax.models import ResNet, create_model
-from resnet_jax.training import finetune, optim
+from resnet_jax.training import ema, erasing, finetune, mixup, optim
+from resnet_jax.training.steps import AugmentFn, LossFn
 
 
 @dataclasses.dataclass(frozen=True)
 class Built:
     """What a run trains: the model (fine-tuning's frozen stages set), the preset that
-    normalises uint8 batches in the steps, the learning-rate schedule and the optimizer."""
+    normalises uint8 batches in the steps, the learning-rate schedule, the optimizer, the loss,
+    the on-device batch augmentation (None: none) and the weight EMA's decay (None: no EMA)."""
 
     model: ResNet
     preset: Preset
     lr_fn: optax.Schedule
     tx: optax.GradientTransformation
+    loss_fn: LossFn = optim.cross_entropy
+    augment_fn: AugmentFn | None = None
+    ema_decay: ema.DecaySchedule | None = None
 
 
 def build_model(
@@ -47,6 +54,7 @@ def build_model(
         "zero_init_last_bn": config.model.zero_init_last_bn,
         "space_to_depth": config.model.space_to_depth,
         "remat": config.model.remat,
+        "drop_path_rate": config.model.drop_path_rate,
         **config.model.kwargs.to_dict(),  # Any ResNet attribute, these included.
     }
     return create_model(
@@ -63,6 +71,45 @@ def model_from_config(config: Any, num_classes: int) -> ResNet:
 def preset_from_config(config: Any) -> Preset:
     """A recorded run's eval preprocessing (``spec.eval_preset`` of the completed config)."""
     return run_spec.eval_preset(run_spec.complete(config))
+
+
+def loss_function(config: Any) -> LossFn:
+    """The config's per-example training loss on class indices or (mixed) soft targets."""
+    if config.loss == "bce":
+        from resnet_jax.training.losses import binary_cross_entropy
+
+        return functools.partial(
+            binary_cross_entropy,
+            smoothing=config.label_smoothing,
+            target_threshold=config.bce_target_threshold,
+        )
+    return functools.partial(optim.cross_entropy, label_smoothing=config.label_smoothing)
+
+
+def augment_function(config: Any, num_classes: int) -> AugmentFn | None:
+    """Random Erasing then Mixup/CutMix (timm's order) of a normalised batch on the device, as
+    the config sets them; None when it sets neither."""
+    erase_prob = config.data.random_erase_prob
+    mixing = config.mixup_alpha > 0 or config.cutmix_alpha > 0
+    if not erase_prob and not mixing:
+        return None
+    mix = functools.partial(
+        mixup.mix,
+        num_classes=num_classes,
+        mixup_alpha=config.mixup_alpha,
+        cutmix_alpha=config.cutmix_alpha,
+        switch_prob=config.mixup_switch_prob,
+        prob=config.mixup_prob,
+        label_smoothing=config.label_smoothing,
+    )
+
+    def augment(key: jax.Array, images: jax.Array, labels: jax.Array):
+        erase_key, mix_key = jax.random.split(key)
+        if erase_prob:
+            images = erasing.random_erasing(erase_key, images, probability=erase_prob)
+        return mix(mix_key, images, labels) if mixing else (images, labels)
+
+    return augment
 
 
 def build(spec: run_spec.RunSpec, parallel: par.DataParallel | None = None) -> Built:
@@ -91,4 +138,15 @@ def build(spec: run_spec.RunSpec, parallel: par.DataParallel | None = None) -> B
         )
     else:
         tx = optim.create_optimizer(config.optimizer, lr_fn)
-    return Built(model, spec.preset, lr_fn, tx)
+    ema_decay = None
+    if config.ema_decay > 0:
+        ema_decay = ema.decay_schedule(config.ema_decay, config.ema_warmup_power)
+    return Built(
+        model,
+        spec.preset,
+        lr_fn,
+        tx,
+        loss_fn=loss_function(config),
+        augment_fn=augment_function(config, spec.num_classes),
+        ema_decay=ema_decay,
+    )

@@ -10,18 +10,20 @@ same defaults.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from typing import Any
 
 import ml_collections
 from absl import logging
 
-from resnet_jax.data import pipeline, presets
+from resnet_jax.data import augment, pipeline, presets
 from resnet_jax.models import model_spec
 from resnet_jax.training import optim, validate
 
 DERIVED = "derived"  # config.json's section of the numbers resolved from the config and data.
 FREEZE = ("none", "backbone", "stages")  # finetune.freeze
+LOSSES = ("softmax_ce", "bce")
 FROM_SOURCE = "init_from"  # data.preset value: the preprocessing that came with the weights.
 PRESET_FIELDS = ("preset", "mean", "std", "interpolation", "crop_pct")
 
@@ -43,10 +45,17 @@ def default_config() -> ml_collections.ConfigDict:
     # Recompute each block's activations in the backward pass (nn.remat): less memory for
     # large per-device batches, about a third more compute.
     config.model.remat = False
+    # Stochastic depth (drop path): block i of n drops its residual branch with probability
+    # rate * i / (n - 1) in training (timm's rule; RSB A1/A2: 0.05); 0 = off.
+    config.model.drop_path_rate = 0.0
     # Compute dtype: 'bfloat16' (params and BN statistics stay float32) or 'float32'.
     config.dtype = "float32"
 
     config.data = pipeline.default_data_config()
+    # Host augmentation of training images (resnet_jax.data.augment): '' none, timm's RandAugment
+    # ('rand-m7-mstd0.5-inc1', RSB A1/A2) or 'ta_wide' (TrivialAugmentWide).
+    config.data.auto_augment = ""
+    config.data.random_erase_prob = 0.0  # Random Erasing of a box per image, on the device.
 
     config.batch_size = 256  # Global, over all devices and hosts.
     config.eval_batch_size = 256
@@ -54,7 +63,7 @@ def default_config() -> ml_collections.ConfigDict:
     config.num_train_steps = -1  # > 0 overrides num_epochs.
 
     config.optimizer = ml_collections.ConfigDict()
-    config.optimizer.name = "sgd"  # 'sgd' or 'lars'.
+    config.optimizer.name = "sgd"  # 'sgd', 'lars' or 'lamb' (RSB; weight decay as for the rest).
     config.optimizer.base_learning_rate = 0.1  # Per 256 examples: peak = base * batch / 256.
     config.optimizer.momentum = 0.9
     config.optimizer.nesterov = True
@@ -69,6 +78,23 @@ def default_config() -> ml_collections.ConfigDict:
     config.optimizer.lars_trust_coefficient = 0.001
     config.optimizer.lars_eps = 0.0
     config.label_smoothing = 0.0
+    # 'softmax_ce' (softmax cross-entropy) or 'bce' (a sigmoid per class on the, possibly mixed,
+    # targets: timm's BinaryCrossEntropy, the RSB A1-A3 loss).
+    config.loss = "softmax_ce"
+    # 'bce' only: targets above it become 1, the rest 0 (RSB: 0.2); None keeps them soft.
+    config.bce_target_threshold = ml_collections.config_dict.placeholder(float)
+    # Mixup / CutMix of each batch with itself reversed, on the device (timm's Mixup, 'batch'
+    # mode): lambda ~ Beta(alpha, alpha); 0 turns each off (RSB A3: 0.1 and 1.0).
+    config.mixup_alpha = 0.0
+    config.cutmix_alpha = 0.0
+    config.mixup_prob = 1.0  # Chance that a batch is mixed at all.
+    config.mixup_switch_prob = 0.5  # With both alphas > 0: chance of CutMix rather than Mixup.
+    # Weight EMA (timm's ModelEmaV3), kept in the state and checkpoints, evaluated beside the
+    # raw weights (eval 'ema_top1'), the weights predict and export use; 0 = off, e.g. 0.9998.
+    config.ema_decay = 0.0
+    # > 0: the decay warms up as 1 - (1 + updates) ** -power up to ema_decay (timm: 3/4 for runs
+    # under ~200k steps, 2/3 for longer); 0: ema_decay from the second update on.
+    config.ema_warmup_power = 0.75
 
     # Fine-tuning (resnet_jax/training/finetune.py; configs/finetune_folder.py): the weights to
     # start from, a converted checkpoint dir or a training workdir ('' = train from scratch).
@@ -242,6 +268,48 @@ def check_finetune(config: ml_collections.ConfigDict, num_stages: int) -> None:
         raise validate.ConfigError("Invalid fine-tuning config:\n  - " + "\n  - ".join(errors))
 
 
+def check_recipe(config: ml_collections.ConfigDict, num_devices: int) -> None:
+    """Raises ConfigError for loss, Mixup/CutMix, EMA, drop path and augmentation settings
+    that cannot work, naming each field."""
+    errors = []
+    if config.loss not in LOSSES:
+        errors.append(f"loss={config.loss!r} is not one of {LOSSES}.")
+    threshold = config.bce_target_threshold
+    if threshold is not None and (config.loss != "bce" or not 0.0 <= threshold < 1.0):
+        errors.append(
+            f"bce_target_threshold={threshold} needs loss='bce' and a value in [0, 1) (RSB: "
+            "0.2); leave it unset (None) to keep the targets soft."
+        )
+    get = lambda field: functools.reduce(
+        lambda section, key: section[key], field.split("."), config
+    )
+    for field, hint in (
+        ("ema_decay", "0 turns the EMA off, 0.9998 is usual"),
+        ("model.drop_path_rate", "0 turns it off"),
+    ):
+        if not 0.0 <= get(field) < 1.0:
+            errors.append(f"{field}={get(field)} must be in [0, 1) ({hint}).")
+    for field in ("mixup_alpha", "cutmix_alpha", "ema_warmup_power"):
+        if not get(field) >= 0.0:
+            errors.append(f"{field}={get(field)} must be >= 0 (0 turns it off).")
+    for field in ("mixup_prob", "mixup_switch_prob", "data.random_erase_prob"):
+        if not 0.0 <= get(field) <= 1.0:
+            errors.append(f"{field}={get(field)} must be a probability in [0, 1].")
+    per_device = config.batch_size // max(num_devices, 1)
+    if (config.mixup_alpha > 0 or config.cutmix_alpha > 0) and per_device % 2:
+        errors.append(
+            f"Mixup/CutMix mix each device's batch with itself reversed, which needs an even "
+            f"share: batch_size={config.batch_size} over {num_devices} devices gives "
+            f"{per_device}; use a batch_size that is an even multiple of {num_devices}."
+        )
+    try:
+        augment.make_train_augment(config.data.auto_augment)
+    except ValueError as e:
+        errors.append(f"data.auto_augment={config.data.auto_augment!r}: {e}")
+    if errors:
+        raise validate.ConfigError("Invalid training recipe:\n  - " + "\n  - ".join(errors))
+
+
 def source_data_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The data fields that ``data.preset='init_from'`` stands for (none without it); warns when
     the configured normalisation is not the one the ``init_from`` weights were fed."""
@@ -279,6 +347,7 @@ def resolve(
     complete_config = complete(config)
     validate.check_config(complete_config, num_devices=num_devices, process_count=process_count)
     check_finetune(complete_config, num_stages(complete_config))
+    check_recipe(complete_config, num_devices)
     resolved = complete_config.as_configdict()
     resolved.data.update(source_data_fields(complete_config))
     if dataset_info is None:

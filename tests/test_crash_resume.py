@@ -34,7 +34,9 @@ FLAGS = [
 class Run:
     """One train.py process whose output lines are read as they come."""
 
-    def __init__(self, tmp: pathlib.Path, workdir: pathlib.Path, delay: float) -> None:
+    def __init__(
+        self, tmp: pathlib.Path, workdir: pathlib.Path, delay: float, flags: tuple = ()
+    ) -> None:
         env = {
             **os.environ,
             "PYTHONPATH": str(REPO),
@@ -53,6 +55,7 @@ class Run:
                 str(DRIVERS / "tiny_config.py"),
                 str(workdir),
                 *FLAGS,
+                *flags,
             ],
             env=env,
             stdout=subprocess.PIPE,
@@ -91,9 +94,9 @@ class Run:
         return [(int(w[1]), w[2]) for w in (x.split() for x in self.log) if w[:1] == [kind]]
 
 
-def final_state(workdir: pathlib.Path) -> list[np.ndarray]:
+def final_state(workdir: pathlib.Path, step: int = TOTAL) -> list[np.ndarray]:
     manager = ocp.CheckpointManager(workdir / "checkpoints", item_names=("state",))
-    restored = manager.restore(TOTAL, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    restored = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
     manager.close()
     return [np.asarray(x) for x in jax.tree.leaves(restored["state"])]
 

@@ -119,6 +119,29 @@ def test_lars_adapts_kernels_only(tiny_params):
     np.testing.assert_allclose(updates["fc"]["kernel"], -ratio * g, rtol=1e-5)
 
 
+def test_lamb_is_optax_lamb_on_kernels_and_adam_elsewhere(tiny_params):
+    """timm's Lamb (RSB): decay and trust ratio on the kernels it decays, a plain Adam step on
+    BN and biases; optax.lamb with the same mask gives the kernels' updates."""
+    lr = optax.constant_schedule(0.005)
+    tx = optim.create_optimizer(opt_config(name="lamb", weight_decay=0.02), lr)
+    lamb = optax.lamb(lr, weight_decay=0.02, mask=optim.kernel_mask)
+    adam = optax.adam(lr, eps=1e-6)
+    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape) + 1.0), tiny_params)
+    states = [t.init(tiny_params) for t in (tx, lamb, adam)]
+    for _ in range(3):
+        out = [
+            t.update(grads, s, tiny_params) for t, s in zip((tx, lamb, adam), states, strict=True)
+        ]
+        (ours, theirs, plain), states = zip(*out, strict=True)
+    kernels = optim.kernel_mask(tiny_params)
+    for path, is_kernel in jax.tree_util.tree_leaves_with_path(kernels):
+        want = jax.tree_util.tree_flatten_with_path(theirs if is_kernel else plain)[0]
+        want = dict(want)[path]
+        got = dict(jax.tree_util.tree_flatten_with_path(ours)[0])[path]
+        np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-9)
+    assert sum(jax.tree.leaves(kernels)) >= 10 and not all(jax.tree.leaves(kernels))
+
+
 def test_gradient_clipping_bounds_the_global_norm(tiny_params):
     tx = optim.create_optimizer(
         opt_config(momentum=0.0, weight_decay=0.0, grad_clip_norm=1.0), optax.constant_schedule(1.0)
@@ -126,6 +149,14 @@ def test_gradient_clipping_bounds_the_global_norm(tiny_params):
     grads = jax.tree.map(lambda x: 100.0 * jnp.ones_like(x), tiny_params)
     updates, _ = tx.update(grads, tx.init(tiny_params), tiny_params)
     assert float(optax.tree.norm(updates)) == pytest.approx(1.0, rel=1e-5)
+
+
+def test_soft_targets_are_taken_as_given():
+    logits = jnp.array([[2.0, 0.0, -1.0]])
+    soft = jnp.array([[0.7, 0.3, 0.0]])
+    logp = jax.nn.log_softmax(logits)
+    got = optim.cross_entropy(logits, soft, label_smoothing=0.3)  # Smoothed where mixed.
+    np.testing.assert_allclose(got, -(soft * logp).sum(-1), rtol=1e-6)
 
 
 def test_label_smoothing_cross_entropy():

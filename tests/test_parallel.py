@@ -1,5 +1,7 @@
 """Data parallelism on 8 simulated CPU devices: shard_map, pmap and one device agree."""
 
+import functools
+
 import jax
 import ml_collections
 import numpy as np
@@ -43,7 +45,8 @@ def train(mode, batches, *, devices=None, bn_group_size=0):
     )
     tx = optim.create_optimizer(opt, lambda step: 0.1)
     state = create_train_state(model, tx, seed=0, image_shape=(SIZE, SIZE, 3))
-    step_fn = steps.compile_train_step(parallel, model=model, tx=tx, label_smoothing=0.1)
+    loss_fn = functools.partial(optim.cross_entropy, label_smoothing=0.1)
+    step_fn = steps.compile_train_step(parallel, model=model, tx=tx, loss_fn=loss_fn)
     state = parallel.replicate(state)
     losses = []
     for batch in batches:

@@ -8,6 +8,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import ml_collections
+import optax
 import pytest
 from recipes import load_config
 from recipes import tiny_synthetic_config as tiny_config
@@ -51,9 +52,11 @@ def test_every_recipe_resolves_and_builds_the_zoo_network(name, source_preset):
     x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
     variables = jax.eval_shape(lambda x: built.model.init(jax.random.key(0), x, train=False), x)
     assert count(variables["params"]) == params
-    # Momentum for every trained parameter: the recipe that fine-tunes trains only the head.
+    # Momentum (LAMB: two moments) for every trained parameter; the recipe that fine-tunes
+    # trains only the head.
     trained = 2048 * 1000 + 1000 if config.finetune.freeze == "backbone" else params
-    assert 0 <= count(jax.eval_shape(built.tx.init, variables["params"])) - trained <= 4
+    moments = 2 if config.optimizer.name == "lamb" else 1
+    assert 0 <= count(jax.eval_shape(built.tx.init, variables["params"])) - moments * trained <= 4
     assert json.loads(json.dumps(spec.record()))["derived"]["num_classes"] == classes
 
 
@@ -125,6 +128,45 @@ def test_several_problems_are_reported_together():
         resolve(config)
     for fragment in ("dtype 'float8'", "parallelism 'dp'", "eval_batch_size=100"):
         assert fragment in str(error.value)
+
+
+def test_the_rsb_recipes_build_lamb_bce_mixing_drop_path_and_no_ema():
+    a1, a3 = (resolve(load_config(f"imagenet_resnet50_rsb_{n}")) for n in ("a1", "a3"))
+    assert a1.total_steps == 600 * (1_281_167 // 2048) and a3.config.data.image_size == 160
+    assert a1.warmup_steps == 5 * 625 and (a3.preset.crop, a3.preset.resize) == (160, 168)
+    built = build(a1)
+    assert built.model.drop_path_rate == 0.05 and build(a3).model.drop_path_rate == 0.0
+    assert built.ema_decay is None and built.augment_fn is not None
+    assert float(built.lr_fn(a1.warmup_steps)) == pytest.approx(5e-3)
+    logits, labels = jnp.array([[3.0, -3.0, 0.0]]), jnp.array([[0.5, 0.1, 0.4]])
+    # BCE on targets binarised above 0.2 (timm's BinaryCrossEntropy with target_threshold).
+    expected = jnp.mean(optax.sigmoid_binary_cross_entropy(logits, jnp.array([[1.0, 0.0, 1.0]])))
+    assert float(built.loss_fn(logits, labels)[0]) == pytest.approx(float(expected), rel=1e-6)
+
+
+def test_recipe_fields_are_refused_naming_each_field():
+    config = load_config("quickstart")
+    config.update(ema_decay=1.0, bce_target_threshold=0.2, mixup_prob=1.5, cutmix_alpha=1.0)
+    config.model.drop_path_rate = -0.1
+    config.data.auto_augment = "rand-x9"
+    config.data.random_erase_prob = 2.0
+    config.batch_size = 24  # 3 per device: Mixup/CutMix need an even share.
+    with pytest.raises(ConfigError) as error:
+        resolve(config)
+    for fragment in (
+        "ema_decay=1.0 must be in [0, 1) (0 turns the EMA off",
+        "bce_target_threshold=0.2 needs loss='bce'",
+        "mixup_prob=1.5 must be a probability in [0, 1]",
+        "model.drop_path_rate=-0.1 must be in [0, 1)",
+        "data.auto_augment='rand-x9': Unknown RandAugment section 'x9'",
+        "data.random_erase_prob=2.0 must be a probability",
+        "batch_size=24 over 8 devices gives 3; use a batch_size that is an even multiple of 8",
+    ):
+        assert fragment in str(error.value)
+    config = load_config("quickstart")
+    config.loss = "hinge"
+    with pytest.raises(ConfigError, match=r"loss='hinge' is not one of \('softmax_ce', 'bce'\)"):
+        resolve(config)
 
 
 def test_fine_tuning_settings_are_refused_naming_field_and_fix():

@@ -91,7 +91,13 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
     built = builder.build(spec, parallel)
     source = finetune.load_source(config, built.model)
     size = config.data.image_size
-    state = create_train_state(built.model, built.tx, seed=config.seed, image_shape=(size, size, 3))
+    state = create_train_state(
+        built.model,
+        built.tx,
+        seed=config.seed,
+        image_shape=(size, size, 3),
+        ema=built.ema_decay is not None,
+    )
     fingerprint = architecture_fingerprint(state.params)
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     state = parallel.replicate(state)
@@ -108,7 +114,9 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
         parallel,
         model=built.model,
         tx=built.tx,
-        label_smoothing=config.label_smoothing,
+        loss_fn=built.loss_fn,
+        augment_fn=built.augment_fn,
+        ema_decay=built.ema_decay,
         skip_nonfinite=config.nonfinite == "skip",
         preset=built.preset,
     )
@@ -224,9 +232,10 @@ def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
     result = steps.mean_metrics(eval_sums(run.spec, run.eval_fn, state, run.parallel))
     result["epoch"] = step / run.spec.steps_per_epoch
     run.writer.write("eval", step, result)
+    ema = f"  EMA top-1 {result['ema_top1']:.4f}" if "ema_top1" in result else ""
     run.progress.message(
         f"eval @ step {step}: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}  "
-        f"loss {result['loss']:.4f}  ({int(result['count'])} images)"
+        f"loss {result['loss']:.4f}{ema}  ({int(result['count'])} images)"
     )
     return result
 

@@ -2,7 +2,8 @@
 
 The peak learning rate is ``base_learning_rate * batch_size / 256`` (Goyal et al. 2017), reached
 by a linear warmup and followed by cosine, step or polynomial decay. Weight decay and LARS
-trust ratios apply to conv/dense kernels only, never to BatchNorm scales/offsets or biases.
+trust ratios apply to conv/dense kernels only, never to BatchNorm scales/offsets or biases;
+LAMB's too, as timm's Lamb (RSB) leaves the parameters it does not decay unadapted.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import ml_collections
 import optax
 
 SCHEDULES = ("cosine", "step", "polynomial", "constant")
-OPTIMIZERS = ("sgd", "lars")
+OPTIMIZERS = ("sgd", "lars", "lamb")
 
 
 def peak_learning_rate(opt: ml_collections.ConfigDict, batch_size: int) -> float:
@@ -66,7 +67,8 @@ def kernel_mask(params: Any) -> Any:
 def create_optimizer(
     opt: ml_collections.ConfigDict, learning_rate: optax.Schedule
 ) -> optax.GradientTransformation:
-    """SGD (Nesterov) with L2 decay on kernels, or LARS for large batches; optional clipping."""
+    """SGD (Nesterov) with L2 decay on kernels, LARS or LAMB for large batches; optional
+    clipping (timm's Lamb clips the global norm at 1 by itself: set grad_clip_norm=1)."""
     chain = []
     if opt.grad_clip_norm and opt.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
@@ -87,14 +89,24 @@ def create_optimizer(
                 nesterov=opt.nesterov,
             )
         )
+    elif opt.name == "lamb":  # optax.lamb with the trust ratio masked like the decay.
+        chain += [
+            optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+            optax.add_decayed_weights(opt.weight_decay, mask=kernel_mask),
+            optax.masked(optax.scale_by_trust_ratio(), kernel_mask),
+            optax.scale_by_learning_rate(learning_rate),
+        ]
     else:
         raise ValueError(f"Unknown optimizer {opt.name!r}; expected one of {OPTIMIZERS}.")
     return optax.chain(*chain)
 
 
 def cross_entropy(logits: jax.Array, labels: jax.Array, label_smoothing: float = 0.0) -> jax.Array:
-    """Per-example softmax cross-entropy in float32, with optional label smoothing."""
+    """Per-example softmax cross-entropy in float32: class indices [B] (one-hot, optionally
+    label-smoothed) or soft targets [B, C] as given (Mixup/CutMix's, smoothed there)."""
     logits = logits.astype(jnp.float32)
+    if labels.shape == logits.shape:
+        return optax.softmax_cross_entropy(logits, labels.astype(jnp.float32))
     targets = jax.nn.one_hot(labels, logits.shape[-1], dtype=jnp.float32)
     if label_smoothing > 0:
         targets = optax.smooth_labels(targets, label_smoothing)

@@ -16,6 +16,7 @@ import orbax.checkpoint as ocp
 
 from resnet_jax import storage
 from resnet_jax.checkpoint import META, STATE, Checkpointer
+from resnet_jax.training.ema import variables_for_inference
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.workdir import CHECKPOINT_DIR, CONFIG_FILE
 
@@ -37,9 +38,10 @@ def read_config(workdir: storage.PathLike) -> ml_collections.ConfigDict:
 
 
 def load_variables(
-    workdir: storage.PathLike, step: int | None = None
+    workdir: storage.PathLike, step: int | None = None, *, use_ema: bool = True
 ) -> tuple[dict[str, Any], dict[str, Any]]:
-    """({'params', 'batch_stats'}, checkpoint metadata) of ``step`` (default: the latest).
+    """({'params', 'batch_stats'}, checkpoint metadata) of ``step`` (default: the latest): the
+    weight EMA's when the run kept one and ``use_ema``, else the raw weights.
 
     Every array lands on the first local device, whatever mesh the run was trained on.
     """
@@ -59,7 +61,7 @@ def load_variables(
         state, meta = ckpt.restore(TrainState(**target), step=step)
     finally:
         ckpt.close()
-    return {"params": state.params, "batch_stats": state.batch_stats}, meta
+    return variables_for_inference(state, use_ema), meta
 
 
 def _state_metadata(directory: str, step: int) -> dict[str, Any]:

@@ -17,13 +17,15 @@ import optax
 
 @flax.struct.dataclass
 class TrainState:
-    """step (int32), params (float32), BN statistics, optimizer state and the run's RNG key."""
+    """step (int32), params (float32), BN statistics, optimizer state, the run's RNG key and,
+    with ``ema_decay`` > 0, the weight EMA (``{'params', 'batch_stats'}``; None without)."""
 
     step: jax.Array
     params: Any
     batch_stats: Any
     opt_state: Any
     rng: jax.Array
+    ema: Any = None
 
     @property
     def variables(self) -> dict[str, Any]:
@@ -31,21 +33,28 @@ class TrainState:
 
 
 def create_train_state(
-    model: nn.Module, tx: optax.GradientTransformation, *, seed: int, image_shape: tuple
+    model: nn.Module,
+    tx: optax.GradientTransformation,
+    *,
+    seed: int,
+    image_shape: tuple,
+    ema: bool = False,
 ) -> TrainState:
-    """Initialises params/BN statistics from ``seed`` (one compile) and the optimizer state."""
+    """Initialises params/BN statistics from ``seed`` (one compile), the optimizer state and,
+    with ``ema``, the weight EMA (a copy of the initial weights)."""
     init_rng, state_rng = jax.random.split(jax.random.PRNGKey(seed))
 
     @jax.jit
     def init(rng: jax.Array) -> TrainState:
         variables = model.init(rng, jnp.zeros((1, *image_shape), jnp.float32), train=False)
-        params = variables["params"]
+        params, batch_stats = variables["params"], variables.get("batch_stats", {})
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
-            batch_stats=variables.get("batch_stats", {}),
+            batch_stats=batch_stats,
             opt_state=tx.init(params),
             rng=state_rng,
+            ema={"params": params, "batch_stats": batch_stats} if ema else None,
         )
 
     return init(init_rng)
