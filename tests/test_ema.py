@@ -125,7 +125,9 @@ def test_a_run_with_ema_and_mixup_killed_by_sigkill_resumes_exactly(tmp_path):
     assert straight.finish() == 0, "\n".join(straight.log[-40:])
     workdir = tmp_path / "killed"
     run = Run(tmp_path, workdir, delay=0.0, flags=flags)
-    assert run.wait_for("SAVE") and run.wait_for("SAVE")  # Steps 2 and 4 asked for.
+    # The k-th save request waits for save k-1 before it writes: after the third request
+    # (step 6), step 2's checkpoint is complete.
+    assert all(run.wait_for("SAVE") for _ in range(3))
     run.proc.send_signal(signal.SIGKILL)
     assert run.finish() == -signal.SIGKILL
     rerun = Run(tmp_path, workdir, delay=0.0, flags=flags)
