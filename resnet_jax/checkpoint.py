@@ -15,6 +15,7 @@ read the files at all, raises ``CheckpointReadError``.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 from collections.abc import Callable
@@ -120,7 +121,12 @@ class Checkpointer:
             cleanup_tmp_directories=remove_partial,
         )
         self.manager = ocp.CheckpointManager(
-            self.directory, options=options, item_names=(STATE, META)
+            self.directory,
+            options=options,
+            item_handlers={
+                STATE: ocp.StandardCheckpointHandler(),
+                META: ocp.JsonCheckpointHandler(),
+            },
         )
 
     def latest_step(self) -> int | None:
@@ -162,6 +168,9 @@ class Checkpointer:
             raise CheckpointError(f"No checkpoint in {self.directory}.")
         abstract = jax.tree.map(_abstract, target)
         try:
+            absent = self._absent_fields(abstract, step)
+            if absent:  # Fields added since (e.g. TrainState.ema), None in the target.
+                abstract = {k: v for k, v in vars(abstract).items() if k not in absent}
             restored = self.manager.restore(
                 step,
                 args=ocp.args.Composite(
@@ -171,10 +180,22 @@ class Checkpointer:
         except Exception as e:  # orbax/tensorstore raise many types for damaged files.
             raise self._read_error(step, f"{type(e).__name__}: {e}") from e
         state, meta = restored[STATE], dict(restored[META])
+        if absent:
+            state = type(target)(**state, **dict.fromkeys(absent))
         expected = meta.pop(CHECKSUM, None)
         if expected is not None and state_checksum(state) != expected:
             raise self._read_error(step, "its arrays differ from what was saved (checksum)")
         return state, meta
+
+    def _absent_fields(self, abstract: Any, step: int) -> list[str]:
+        """Dataclass fields that are None in ``abstract`` and missing from the saved state."""
+        if not dataclasses.is_dataclass(abstract):
+            return []
+        none = [f.name for f in dataclasses.fields(abstract) if getattr(abstract, f.name) is None]
+        if not none:
+            return []
+        saved = self.manager.item_metadata(step)[STATE].tree
+        return [name for name in none if name not in saved]
 
     def restore_latest(
         self,
