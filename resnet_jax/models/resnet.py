@@ -11,7 +11,7 @@ Pure function with explicit state::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import chex
@@ -46,6 +46,8 @@ class ResNet(nn.Module):
       and pass no gradient back (mmdetection's frozen_stages with norm_eval); 0: none, -1: the
       whole backbone (with v2's post_bn). Same parameters; fine-tuning pairs it with an
       optimizer that leaves those parameters alone.
+    conv_general_dilated: the function every nn.Conv computes with (``lax``'s; the opt-in
+      ``resnet_jax.backend`` swaps in another with the same numbers).
     """
 
     stage_sizes: Sequence[int]
@@ -73,6 +75,7 @@ class ResNet(nn.Module):
     space_to_depth: bool = False
     remat: bool = False
     frozen_stages: int = 0
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated
 
     def validate(self) -> None:
         """Raises ValueError for an impossible architecture, before anything is traced."""
@@ -148,6 +151,7 @@ class ResNet(nn.Module):
             bn_axis_name=self.bn_axis_name,
             bn_axis_index_groups=self.bn_axis_index_groups,
             train=train,
+            conv_general_dilated=self.conv_general_dilated,
         )
         frozen = self.num_frozen_stages()
         frozen_L = dataclasses.replace(L, train=False)  # BN on running statistics.

@@ -21,6 +21,7 @@ import ml_collections
 import optax
 from absl import logging
 
+from resnet_jax import backend as backends
 from resnet_jax import parallel as par
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint
 from resnet_jax.data import presets
@@ -46,7 +47,8 @@ from resnet_jax.training.workdir import CONFIG_FILE
 def build_model(
     config: ml_collections.ConfigDict, num_classes: int, parallel: par.DataParallel
 ) -> ResNet:
-    """The configured architecture with compute dtype, BN axes and class count set."""
+    """The configured architecture with compute dtype, BN axes, class count and the
+    convolution of ``config.backend`` set."""
     kwargs = {
         "num_classes": num_classes,
         "space_to_depth": config.model.get("space_to_depth", False),
@@ -58,9 +60,17 @@ def build_model(
         dtype=jnp.dtype(config.dtype),
         param_dtype=jnp.float32,
         zero_init_last_bn=config.model.zero_init_last_bn,
+        conv_general_dilated=backend_of(config, parallel).conv_general_dilated,
         **kwargs,
         **parallel.model_overrides(),
     )
+
+
+def backend_of(config: ml_collections.ConfigDict, parallel: par.DataParallel) -> backends.Backend:
+    try:
+        return backends.get_backend(config.get("backend", "xla"), parallel.devices[0].platform)
+    except ValueError as e:
+        raise validate.ConfigError(str(e)) from e
 
 
 @dataclasses.dataclass
@@ -164,7 +174,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
         skip_nonfinite=config.nonfinite == "skip",
         preset=preset,
     )
-    eval_fn = steps.compile_eval_step(parallel, model=model, preset=preset)
+    eval_fn = steps.compile_eval_step(
+        parallel,
+        model=model,
+        preset=preset,
+        compiler_options=backend_of(config, parallel).forward_options,
+    )
     progress = ProgressBar(total_steps, enabled=is_main and config.progress_bar)
     progress.message(
         f"{config.model.name} ({num_params:,} params, {config.dtype}) on {config.data.dataset} "
