@@ -69,8 +69,8 @@ def get_config() -> ml_collections.ConfigDict:
     config.multihost = False  # Call jax.distributed.initialize() (also done when env says so).
     # 'xla': the model as written, XLA's default options, any platform. 'cpu_fast' (CPU only,
     # refused elsewhere): 1x1 convolutions as matrix products and YNNPACK's matrix products for
-    # evaluation, at the same numbers; 1.4-1.6x faster ResNet-50 training on CPU
-    # (resnet_jax/backend.py, BENCHMARKS.md).
+    # evaluation, at the same numbers; 1.3x or more for ResNet-50 on CPU, nothing for nets
+    # without 1x1 convolutions (resnet_jax/backend.py, BENCHMARKS.md).
     config.backend = "xla"
 
     config.log_every_steps = 100

@@ -48,7 +48,10 @@ def get_backend(name: str, platform: str) -> Backend:
     """The backend ``name`` for devices of ``platform``; ValueError naming the fix if it does
     not apply there."""
     if name not in BACKENDS:
-        raise ValueError(f"backend {name!r} is not one of {BACKENDS}.")
+        raise ValueError(
+            f"backend {name!r} is not one of {BACKENDS}: use --config.backend=xla (the default, "
+            "every platform) or cpu_fast (CPU only)."
+        )
     if name == "xla":
         return Backend()
     if platform != "cpu":
