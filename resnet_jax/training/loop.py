@@ -67,6 +67,7 @@ def build_model(
 
 
 def backend_of(config: ml_collections.ConfigDict, parallel: par.DataParallel) -> backends.Backend:
+    """``config.backend`` for the run's devices; a ConfigError naming the fix if it cannot be."""
     try:
         return backends.get_backend(config.get("backend", "xla"), parallel.devices[0].platform)
     except ValueError as e:
