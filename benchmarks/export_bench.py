@@ -21,11 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 from PIL import Image
 
 from benchmarks.common import hardware, now_utc, usable_cores, versions, write_record
-from resnet_jax import platform
 from resnet_jax.convert.inputs import sample_photographs
 from resnet_jax.data.presets import Preset
 from resnet_jax.export import export_predictor
@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
         export_seconds = time.perf_counter() - start
         checks = json.loads((out / "export.json").read_text())["checks"]
         num_classes = predictor.model.num_classes
-        forward = platform.jit(predictor.model.apply)
+        forward = jax.jit(predictor.model.apply)
         runners = {
             "jax": lambda x: np.asarray(forward(predictor.variables, x)),
             "onnxruntime": OnnxRunner(out / "model.onnx"),

@@ -9,7 +9,6 @@ memory analyses of the compiled executable (per device).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import itertools
@@ -24,10 +23,9 @@ import optax
 
 from benchmarks.common import peak_flops
 from resnet_jax import parallel as par
-from resnet_jax import platform
+from resnet_jax.backend import Backend, get_backend
 from resnet_jax.build import build_model
 from resnet_jax.data.presets import get_preset
-from resnet_jax.models import layers
 from resnet_jax.spec import default_config
 from resnet_jax.training import steps
 from resnet_jax.training.state import TrainState, create_train_state
@@ -50,11 +48,8 @@ class JaxConfig:
     space_to_depth: bool = False
     num_devices: int = 1
     parallelism: str = "shard_map"  # or 'pmap'
-    # 'auto': resnet_jax.platform's options for the program (train or forward); 'defaults':
-    # XLA's; 'forward': the forward programs' options, for the train step too.
-    xla_options: str = "auto"
     image_dtype: str = "float32"  # 'uint8': pixels shipped, normalised in the step
-    plain_convs: bool = False  # 1x1 convolutions as XLA convolutions on CPU too
+    backend: str = "xla"  # resnet_jax.backend: 'cpu_fast' is the opt-in CPU formulation
     model_kwargs: tuple[tuple[str, Any], ...] = ()
 
     def build_model(self, parallel: par.DataParallel | None = None):
@@ -68,28 +63,11 @@ class JaxConfig:
             kwargs=dict(self.model_kwargs),
         )
         config.dtype = jnp.dtype(DTYPES[self.precision]).name
+        config.backend = self.backend
         return build_model(config, self.num_classes, parallel=parallel)
 
-    @property
-    def xla_defaults(self) -> bool:
-        return self.xla_options == "defaults"
-
-    def xla_program(self, program: str) -> str:
-        """The kind of program whose XLA options ``program`` ('train' or 'forward') takes."""
-        return "forward" if self.xla_options == "forward" else program
-
-
-def _tracing(cfg: JaxConfig) -> contextlib.AbstractContextManager:
-    """While the step is traced: ``plain_convs`` swaps the model's convolution function
-    (1x1 convolutions as matrix products on CPU) for ``lax.conv_general_dilated``."""
-    return layers.plain_convolutions() if cfg.plain_convs else contextlib.nullcontext()
-
-
-def _options(cfg: JaxConfig, program: str, on: str) -> dict[str, str] | None:
-    """The XLA compiler options the ``program`` of ``cfg`` compiles with on platform ``on``."""
-    return platform.compiler_options(
-        on, program=cfg.xla_program(program), xla_defaults=cfg.xla_defaults
-    )
+    def backend_for(self) -> Backend:
+        return get_backend(self.backend, jax.devices()[0].platform)
 
 
 def compiled_flops(compiled: Any) -> float | None:
@@ -191,8 +169,6 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         tx=tx,
         preset=get_preset("torchvision_v1"),  # normalises uint8 batches
         donate_state=cfg.donate,
-        xla_defaults=cfg.xla_defaults,
-        xla_program=cfg.xla_program("train"),
     )
     state = parallel.replicate(
         _host_state(cfg.model, cfg.num_classes, cfg.image_size, cfg.model_kwargs)
@@ -202,8 +178,7 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         _host_batch(global_batch, cfg.image_size, cfg.num_classes, cfg.image_dtype)
     )
     start = time.perf_counter()
-    with _tracing(cfg):
-        lowered = fn.lower(state, batch)
+    lowered = fn.lower(state, batch)
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
@@ -223,8 +198,8 @@ def _compile_train(cfg: JaxConfig) -> _Compiled:
         "donate": cfg.donate,
         "remat": cfg.remat,
         "space_to_depth": cfg.space_to_depth,
-        "plain_convs": cfg.plain_convs,
-        "xla_compiler_options": _options(cfg, "train", devices[0].platform),
+        "backend": cfg.backend,
+        "xla_compiler_options": None,  # train steps keep XLA's defaults on every backend
     }
     _COMPILED[cfg] = _Compiled(parallel, compiled, info)
     return _COMPILED[cfg]
@@ -317,15 +292,12 @@ class JaxInferRunner:
         )
         images = _host_batch(cfg.batch_size, cfg.image_size, cfg.num_classes)["image"]
         self._images = jax.device_put(images, device)
-        fn = platform.jit(
-            lambda variables, x: model.apply(variables, x, train=False),
-            platform=device.platform,
-            program=cfg.xla_program("forward"),
-            xla_defaults=cfg.xla_defaults,
+        options = cfg.backend_for().forward_options
+        fn = jax.jit(
+            lambda variables, x: model.apply(variables, x, train=False), compiler_options=options
         )
         start = time.perf_counter()
-        with _tracing(cfg):
-            lowered = fn.lower(self._variables, self._images)
+        lowered = fn.lower(self._variables, self._images)
         lowered_at = time.perf_counter()
         self._fn = lowered.compile()
         done = time.perf_counter()
@@ -341,8 +313,8 @@ class JaxInferRunner:
             "device_peak_bytes": device_peak_bytes(device),
             "arch": f"resnet-jax {cfg.model}",
             "precision": cfg.precision,
-            "plain_convs": cfg.plain_convs,
-            "xla_compiler_options": _options(cfg, "forward", device.platform),
+            "backend": cfg.backend,
+            "xla_compiler_options": options,
             "convolution_ops": count_convolutions(self._fn.as_text()),
         }
 

@@ -19,9 +19,8 @@ from benchmarks.common import write_record
 FRAMEWORK_NAMES = {
     "jax": "resnet-jax",
     "jax_v1": "resnet-jax (resnet50_v1)",
-    "jax_xla_defaults": "resnet-jax (XLA defaults)",
+    "jax_cpu_fast": "resnet-jax (backend cpu_fast)",
     "jax_space_to_depth": "resnet-jax (space-to-depth stem)",
-    "jax_plain_convs": "resnet-jax (1x1 as XLA convolutions)",
     "torch": "PyTorch eager",
     "torch_compile": "PyTorch compile",
     "keras": "Keras (JAX)",

@@ -39,14 +39,12 @@ ENV_RECORDED = (
     "OMP_WAIT_POLICY",
     "JAX_PLATFORMS",
     "KERAS_BACKEND",
-    "RESNET_JAX_XLA_DEFAULTS",
 )
 PARTS = ("compare", "fast", "input", "scaling")
 FRAMEWORKS = (
     "jax",
-    "jax_xla_defaults",
+    "jax_cpu_fast",
     "jax_space_to_depth",
-    "jax_plain_convs",
     "jax_v1",
     "torch",
     "torch_compile",
@@ -56,9 +54,8 @@ TASKS = ("train", "inference")
 # resnet-jax rows beside the default one: what the JaxConfig changes.
 JAX_VARIANTS: dict[str, dict[str, Any]] = {
     "jax_v1": {"model": "resnet50_v1"},  # Keras's architecture
-    "jax_xla_defaults": {"xla_options": "defaults"},  # no resnet_jax.platform options
+    "jax_cpu_fast": {"backend": "cpu_fast"},  # the opt-in CPU backend (resnet_jax.backend)
     "jax_space_to_depth": {"space_to_depth": True},  # the MLPerf TPU stem
-    "jax_plain_convs": {"plain_convs": True},  # no CPU formulation of 1x1 convolutions
 }
 SUITES: dict[str, dict[str, Any]] = {
     "cpu": dict(
@@ -66,7 +63,7 @@ SUITES: dict[str, dict[str, Any]] = {
         steps=1,
         windows=3,
         warmup=1,
-        frameworks="jax,jax_xla_defaults,jax_plain_convs,torch,torch_compile,keras",
+        frameworks="jax,jax_cpu_fast,torch,torch_compile,keras",
         fast_batch_size=8,
         scaling_devices="1,2,4,8",
         scaling_batch_size=2,
@@ -106,9 +103,7 @@ FAST_VARIANTS = {
     "prefetch_uint8": "uint8 pixels through prefetch_to_devices, normalised in the step",
     "space_to_depth": "space-to-depth stem (4x4 conv on 2x2 blocks)",
     "remat": "nn.remat on every block",
-    "forward_options": "compiled with the forward programs' XLA options (on CPU, YNNPACK "
-    "matrix products only) instead of the training programs' (XLA's defaults)",
-    "plain_convs": "1x1 convolutions as XLA convolutions (no matrix products on CPU)",
+    "cpu_fast": "backend 'cpu_fast': 1x1 convolutions as matrix products (CPU only)",
 }
 # --tiny: a smoke run of the harness in about a minute. Every framework runs the same network
 # (resnet18, 10 classes) at 32x32, so side-by-side rows stay comparable; no targets are checked.
@@ -299,10 +294,11 @@ def _add_derived(rows: dict[str, dict[str, Any]], precision: str, model: str) ->
 def _ratios(rows: dict[str, dict[str, Any]]) -> dict[str, float]:
     out = {}
     jax_ips = rows.get("jax", {}).get("images_per_sec")
-    others = ("jax_xla_defaults", "jax_space_to_depth", "jax_plain_convs")
-    for other in (*others, "torch", "torch_compile", "keras"):
+    for other in ("jax_space_to_depth", "torch", "torch_compile", "keras"):
         if jax_ips and other in rows:
             out[f"jax/{other}"] = jax_ips / rows[other]["images_per_sec"]
+    if jax_ips and "jax_cpu_fast" in rows:
+        out["jax_cpu_fast/jax"] = rows["jax_cpu_fast"]["images_per_sec"] / jax_ips
     if "jax_v1" in rows and "keras" in rows:
         out["jax_v1/keras"] = rows["jax_v1"]["images_per_sec"] / rows["keras"]["images_per_sec"]
     if "jax_space_to_depth" in rows and "torch" in rows:
@@ -329,8 +325,7 @@ def run_fast(args: argparse.Namespace, results: dict[str, Any]) -> None:
         "prefetch_uint8": (_jax_config(args, base, bs, image_dtype="uint8"), {"feed": "prefetch"}),
         "space_to_depth": (_jax_config(args, base, bs, space_to_depth=True), {}),
         "remat": (_jax_config(args, base, bs, remat=True), {}),
-        "forward_options": (_jax_config(args, base, bs, xla_options="forward"), {}),
-        "plain_convs": (_jax_config(args, base, bs, plain_convs=True), {}),
+        "cpu_fast": (_jax_config(args, base, bs, backend="cpu_fast"), {}),
     }
     runners = [
         JaxTrainRunner(configs[v][0], label=v, warmup=args.warmup, **configs[v][1])
@@ -402,17 +397,6 @@ def run_scaling(args: argparse.Namespace, results: dict[str, Any]) -> None:
         "precision": precision,
         "rows": rows,
     }
-
-
-def _xla_options() -> dict[str, dict[str, str] | None]:
-    """The compiler options resnet-jax's programs compile with here, by kind of program
-    (None: XLA's defaults; Keras always gets those)."""
-    import jax
-
-    from resnet_jax import platform
-
-    on = jax.devices()[0].platform
-    return {p: platform.compiler_options(on, program=p) for p in platform.PROGRAMS}
 
 
 def _powers_of_two(n: int) -> list[int]:
@@ -524,7 +508,6 @@ def main(argv: Sequence[str] | None = None) -> tuple[str, str]:
             "torch": "channels_last, autocast bf16, torch.compile of the model "
             f"(mode {args.torch_compile_mode or 'default'}, cold inductor cache)",
             "env": {k: os.environ.get(k) for k in ENV_RECORDED},
-            "xla_compiler_options": _xla_options(),
         },
         "notes": notes,
     }

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from resnet_jax import backend as backends
 from resnet_jax import parallel as par
 from resnet_jax import spec as run_spec
 from resnet_jax.data.presets import Preset
@@ -55,6 +56,7 @@ def build_model(
         "space_to_depth": config.model.space_to_depth,
         "remat": config.model.remat,
         "drop_path_rate": config.model.drop_path_rate,
+        "conv_general_dilated": backend_of(config, parallel).conv_general_dilated,
         **config.model.kwargs.to_dict(),  # Any ResNet attribute, these included.
     }
     return create_model(
@@ -62,10 +64,23 @@ def build_model(
     )
 
 
+def backend_of(config: Any, parallel: par.DataParallel | None = None) -> backends.Backend:
+    """``config.backend`` for the run's devices; a ConfigError naming the fix if it cannot be."""
+    from resnet_jax.training.validate import ConfigError
+
+    platform = (parallel.devices if parallel else jax.devices())[0].platform
+    try:
+        return backends.get_backend(config.get("backend", "xla"), platform)
+    except ValueError as e:
+        raise ConfigError(str(e)) from e
+
+
 def model_from_config(config: Any, num_classes: int) -> ResNet:
     """A recorded run's architecture (a config.json, however old) in float32 on one device
-    (no BN axes), for inference."""
-    return build_model(run_spec.complete(config), num_classes, dtype="float32")
+    (no BN axes), for inference: the plain model, whatever backend trained it."""
+    config = run_spec.complete(config).copy_and_resolve_references()
+    config.backend = "xla"
+    return build_model(config, num_classes, dtype="float32")
 
 
 def preset_from_config(config: Any) -> Preset:

@@ -13,7 +13,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from resnet_jax import platform
 from resnet_jax.data.classes import imagenet_class_names
 from resnet_jax.data.presets import Preset, get_preset
 from resnet_jax.images import batches, list_images
@@ -44,7 +43,7 @@ class Predictor:
             probs = jax.nn.softmax(feats["logits"]) if "logits" in feats else None
             return probs, feats.get("pooled")
 
-        self._forward = platform.jit(forward)
+        self._forward = jax.jit(forward)
 
     def _run(self, inputs: Iterable[str | Path]):
         skipped: list[tuple[str, str]] = []

@@ -22,8 +22,6 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from resnet_jax import platform
-
 MODES = ("shard_map", "pmap")
 MESH_AXES = ("replica", "bn")
 PMAP_AXIS = "batch"
@@ -121,13 +119,11 @@ class DataParallel:
         per_device_fn: Callable,
         *,
         donate_state: bool,
-        program: str = "forward",
-        xla_defaults: bool = False,
+        compiler_options: dict[str, str] | None = None,
     ) -> Callable:
         """Wraps ``fn(state, batch) -> outputs`` so state is replicated, batch sharded.
 
-        shard_map steps compile with ``platform.compiler_options`` for ``program`` ('forward'
-        or 'train') unless ``xla_defaults``; ``jax.pmap`` takes no compiler options.
+        ``compiler_options`` go to ``jax.jit`` (shard_map); ``jax.pmap`` takes none.
         """
         donate = (0,) if donate_state else ()
         if self.mode == "pmap":
@@ -143,13 +139,7 @@ class DataParallel:
             out_specs=P(),
             check_vma=False,
         )
-        return platform.jit(
-            mapped,
-            platform=self.devices[0].platform,
-            program=program,
-            xla_defaults=xla_defaults,
-            donate_argnums=donate,
-        )
+        return jax.jit(mapped, compiler_options=compiler_options, donate_argnums=donate)
 
     def replicate(self, tree: Any) -> Any:
         """Host or single-device pytree -> the state layout the compiled steps take."""

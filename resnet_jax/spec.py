@@ -111,6 +111,11 @@ def default_config() -> ml_collections.ConfigDict:
     config.parallelism = "shard_map"  # 'shard_map' (jit over a device mesh) or 'pmap'.
     config.bn_group_size = 0  # Devices per BatchNorm group; 0 = all devices (sync BN).
     config.multihost = False  # Call jax.distributed.initialize() (also done when env says so).
+    # 'xla': the model as written, XLA's default options, any platform. 'cpu_fast' (CPU only,
+    # refused elsewhere): 1x1 convolutions as matrix products and YNNPACK's matrix products for
+    # evaluation, at the same numbers; 1.3x or more for ResNet-50 on CPU, nothing for nets
+    # without 1x1 convolutions (resnet_jax/backend.py, BENCHMARKS.md).
+    config.backend = "xla"
 
     config.log_every_steps = 100
     config.eval_every_steps = 0  # 0: once per epoch; -1: never (not even at the end).

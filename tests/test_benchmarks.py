@@ -9,7 +9,7 @@ import pytest
 
 from benchmarks import common, report, run
 from benchmarks.jax_bench import compiled_flops, compiled_memory, count_all_reduces
-from resnet_jax import platform
+from resnet_jax.backend import FORWARD_OPTIONS
 
 # --tiny sets every size and count; only the frameworks and ablations are chosen here.
 SMOKE_ARGS = [
@@ -17,9 +17,9 @@ SMOKE_ARGS = [
     "cpu",
     "--tiny",
     "--frameworks",
-    "jax,jax_xla_defaults,jax_plain_convs,torch",
+    "jax,jax_cpu_fast,torch",
     "--fast-variants",
-    "baseline,host_sync,prefetch,prefetch_uint8,forward_options",
+    "baseline,host_sync,prefetch,prefetch_uint8,cpu_fast",
     "--scaling-devices",
     "2",
 ]
@@ -55,7 +55,7 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
 
     for task in ("train", "inference"):
         rows = results["compare"][task]["bf16"]
-        assert set(rows) == {"jax", "jax_xla_defaults", "jax_plain_convs", "torch"}
+        assert set(rows) == {"jax", "jax_cpu_fast", "torch"}
         assert all(
             r["images_per_sec"] > 0 and len(r["window_images_per_sec"]) == 2 for r in rows.values()
         )
@@ -66,26 +66,27 @@ def test_tiny_run_writes_json_and_markdown(tmp_path, quick_compiles):
         assert rows["torch"]["flops_source"].startswith("resnet-jax resnet18 ")
         assert rows["jax"]["mfu"] is None  # CPU: no peak FLOP/s known.
         assert results["ratios"][task]["bf16"]["jax/torch"] > 0
-        assert results["ratios"][task]["bf16"]["jax/jax_xla_defaults"] > 0
-        assert results["ratios"][task]["bf16"]["jax/jax_plain_convs"] > 0
-        # resnet18's three 1x1 projections are matrix products on CPU, unless plain_convs.
-        plain = rows["jax_plain_convs"]
-        assert plain["plain_convs"] is True and rows["jax"]["plain_convs"] is False
+        fast = rows["jax_cpu_fast"]
+        assert results["ratios"][task]["bf16"]["jax_cpu_fast/jax"] == pytest.approx(
+            fast["images_per_sec"] / rows["jax"]["images_per_sec"]
+        )
+        # resnet18's three 1x1 projections are matrix products with the cpu_fast backend only.
+        assert (rows["jax"]["backend"], fast["backend"]) == ("xla", "cpu_fast")
         if task == "inference":
-            assert (rows["jax"]["convolution_ops"], plain["convolution_ops"]) == (17, 20)
+            assert (rows["jax"]["convolution_ops"], fast["convolution_ops"]) == (20, 17)
         else:
-            assert rows["jax"]["convolution_ops"] < plain["convolution_ops"]
-    forward = platform.CPU_OPTIONS["forward"]
-    assert results["settings"]["xla_compiler_options"] == {"forward": forward, "train": None}
-    assert results["compare"]["inference"]["bf16"]["jax"]["xla_compiler_options"] == forward
-    assert results["compare"]["train"]["bf16"]["jax"]["xla_compiler_options"] is None
+            assert fast["convolution_ops"] < rows["jax"]["convolution_ops"]
+    inference, train_rows = results["compare"]["inference"]["bf16"], results["compare"]["train"]
+    assert inference["jax"]["xla_compiler_options"] is None
+    assert inference["jax_cpu_fast"]["xla_compiler_options"] == FORWARD_OPTIONS
+    assert train_rows["bf16"]["jax_cpu_fast"]["xla_compiler_options"] is None
     train = results["compare"]["train"]["bf16"]["jax"]
     assert train["compile_seconds"] > 0 and train["compiled_memory"]["total_bytes"] > 0
     assert train["donate"] is True and train["all_reduce_ops"] >= 1
 
     fast = results["fast"]["variants"]
-    assert list(fast) == ["baseline", "host_sync", "prefetch", "prefetch_uint8", "forward_options"]
-    assert fast["forward_options"]["xla_compiler_options"] == forward
+    assert list(fast) == ["baseline", "host_sync", "prefetch", "prefetch_uint8", "cpu_fast"]
+    assert (fast["baseline"]["backend"], fast["cpu_fast"]["backend"]) == ("xla", "cpu_fast")
     assert fast["prefetch"]["feed"] == "prefetch" and fast["host_sync"]["host_sync"] is True
     assert fast["prefetch_uint8"]["feed"] == "prefetch"
 

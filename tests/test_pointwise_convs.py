@@ -1,7 +1,8 @@
-"""1x1 convolutions as matrix products on CPU (``layers.conv_general_dilated``): the same
-numbers and gradients as ``lax.conv_general_dilated``, bfloat16 products accumulated in
-float32, and GPU/TPU programs that keep the plain convolution."""
+"""The 'cpu_fast' backend's 1x1 convolutions as matrix products (``backend.pointwise_as_matmul``):
+the same numbers and gradients as ``lax.conv_general_dilated``, bfloat16 products accumulated in
+float32, and a default model that keeps the plain convolution on every platform."""
 
+import functools
 import re
 
 import jax
@@ -9,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from resnet_jax.models import create_model, layers
+from resnet_jax import backend
+from resnet_jax.models import create_model
 
 NHWC = ("NHWC", "HWIO", "NHWC")
 
@@ -24,7 +26,7 @@ def _pair(shape, kernel, dtype, seed=0):
 def _both(x, w, strides, padding, dimension_numbers=NHWC, **kw):
     dn = jax.lax.conv_dimension_numbers(x.shape, w.shape, dimension_numbers)
     ours = jax.jit(
-        lambda x, w: layers.conv_general_dilated(x, w, strides, padding, dimension_numbers=dn, **kw)
+        lambda x, w: backend.pointwise_as_matmul(x, w, strides, padding, dimension_numbers=dn, **kw)
     )
     ref = jax.jit(
         lambda x, w: jax.lax.conv_general_dilated(
@@ -50,8 +52,7 @@ def test_pointwise_conv_is_a_matrix_product_with_the_same_numbers(shape, stride,
     assert a.shape == b.shape == (shape[0], -(-shape[1] // stride), -(-shape[2] // stride), 12)
     assert np.abs(a - b).max() <= 1e-6 * np.abs(b).max()
     text = ours.lower(x, w).as_text()
-    if jax.default_backend() == "cpu":
-        assert "dot_general" in text and "convolution" not in text
+    assert "dot_general" in text and "convolution" not in text
 
     # bfloat16: float32 products and sums, rounded once, as XLA:CPU's convolution does.
     xb, wb = x.astype(jnp.bfloat16), w.astype(jnp.bfloat16)
@@ -62,7 +63,7 @@ def test_pointwise_conv_is_a_matrix_product_with_the_same_numbers(shape, stride,
     assert (a == b).mean() > 0.99
 
 
-def test_bfloat16_products_accumulate_in_float32_on_cpu():
+def test_bfloat16_products_accumulate_in_float32():
     x, w = _pair((2, 8, 8, 16), (1, 1, 16, 8), jnp.bfloat16)
     ours, _ = _both(x, w, (1, 1), "VALID")
     exported = jax.export.export(ours, platforms=["cpu"])(x, w)
@@ -104,7 +105,7 @@ def test_gradients_match_the_convolution():
     def loss(conv):
         return lambda x, w: jnp.sum(conv(x, w, (2, 2), "VALID", dimension_numbers=dn) * probe)
 
-    gx, gw = jax.grad(loss(layers.conv_general_dilated), argnums=(0, 1))(x, w)
+    gx, gw = jax.grad(loss(backend.pointwise_as_matmul), argnums=(0, 1))(x, w)
     rx, rw = jax.grad(loss(jax.lax.conv_general_dilated), argnums=(0, 1))(x, w)
     assert np.abs(gx - rx).max() <= 1e-6 * np.abs(rx).max()
     assert np.abs(gw - rw).max() <= 1e-6 * np.abs(rw).max()
@@ -115,28 +116,37 @@ def _count(text, op):
     return len(re.findall(rf"stablehlo\.{op}\b", text))
 
 
-def test_resnet50_cpu_program_has_no_1x1_convolutions_and_gpu_tpu_programs_keep_them():
-    model = create_model("resnet50", num_classes=10, stem_width=8, stage_widths=(8, 8, 16, 16))
+def _small_resnet50(**kw):
+    return create_model("resnet50", num_classes=10, stem_width=8, stage_widths=(8, 8, 16, 16), **kw)
+
+
+def test_default_model_is_plain_convolutions_on_every_platform_cpu_fast_makes_1x1_products():
     x = jax.ShapeDtypeStruct((2, 32, 32, 3), jnp.float32)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(x.shape)))
-    forward = jax.jit(lambda v, x: model.apply(v, x, train=False))
-    text = {
-        p: jax.export.export(forward, platforms=[p])(variables, x).mlir_module()
-        for p in ("cpu", "cuda", "tpu")
-    }
+    fast = backend.get_backend("cpu_fast", "cpu").conv_general_dilated
+    ops = {}
+    for name, model in (
+        ("xla", _small_resnet50()),
+        ("cpu_fast", _small_resnet50(conv_general_dilated=fast)),
+    ):
+        variables = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros(x.shape))
+        forward = jax.jit(functools.partial(model.apply, train=False))
+        for p in ("cpu", "cuda", "tpu") if name == "xla" else ("cpu",):
+            text = jax.export.export(forward, platforms=[p])(variables, x).mlir_module()
+            ops[name, p] = (_count(text, "convolution"), _count(text, "dot_general"))
     # ResNet-50: 53 convolutions, 36 of them 1x1 (2 per bottleneck, 4 projections); 1 Dense.
-    assert (_count(text["cpu"], "convolution"), _count(text["cpu"], "dot_general")) == (17, 37)
-    for p in ("cuda", "tpu"):
-        assert (_count(text[p], "convolution"), _count(text[p], "dot_general")) == (53, 1), p
+    assert ops == {
+        ("xla", "cpu"): (53, 1),
+        ("xla", "cuda"): (53, 1),
+        ("xla", "tpu"): (53, 1),
+        ("cpu_fast", "cpu"): (17, 37),
+    }
 
 
-def test_resnet_logits_match_the_plain_convolution_model():
-    model = create_model("resnet50", num_classes=10, stem_width=8, stage_widths=(8, 8, 16, 16))
+def test_cpu_fast_resnet_logits_match_the_plain_convolution_model():
+    fast = backend.get_backend("cpu_fast", "cpu").conv_general_dilated
+    model, plain = _small_resnet50(conv_general_dilated=fast), _small_resnet50()
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-    variables = model.init(jax.random.key(0), x, train=False)
+    variables = plain.init(jax.random.key(0), x, train=False)
     ours = np.asarray(jax.jit(lambda v, x: model.apply(v, x, train=False))(variables, x))
-    with layers.plain_convolutions():
-        plain = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(variables, x)
-    assert _count(plain.as_text(), "convolution") == 53  # no CPU branch inside
-    plain = np.asarray(plain.compile()(variables, x))
-    assert np.abs(ours - plain).max() <= 2e-6 * np.abs(plain).max()
+    ref = np.asarray(jax.jit(lambda v, x: plain.apply(v, x, train=False))(variables, x))
+    assert np.abs(ours - ref).max() <= 2e-6 * np.abs(ref).max()

@@ -88,6 +88,7 @@ def test_watching_and_storing_fields_change_freely(finished, tmp_path):
         progress_bar=True,
         num_eval_steps=1,
         eval_batch_size=64,
+        backend="cpu_fast",  # the same numbers, computed another way
     )
     result = train_and_evaluate(config, str(workdir))  # Restores step 6: nothing to train.
     assert result["step"] == TINY_STEPS

@@ -16,7 +16,6 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from resnet_jax import platform
 from resnet_jax.convert.common import Variables, parse_block
 from resnet_jax.convert.reference import Activations
 
@@ -39,7 +38,7 @@ def _features_fn(model: nn.Module):
         blocks = {name: v["__call__"][0] for name, v in state["intermediates"].items()}
         return features, blocks
 
-    return platform.jit(forward)
+    return jax.jit(forward)
 
 
 def flax_activations(model: nn.Module, variables: Variables, x: np.ndarray) -> Activations:

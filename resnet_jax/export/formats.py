@@ -13,7 +13,6 @@ import jax
 import numpy as np
 
 from resnet_jax.export import portable
-from resnet_jax.models import layers
 
 # Lowered for each: the program runs wherever JAX does; jax.export picks the platform at call.
 STABLEHLO_PLATFORMS = ("cpu", "cuda", "tpu")
@@ -22,8 +21,7 @@ STABLEHLO_PLATFORMS = ("cpu", "cuda", "tpu")
 def stablehlo(fn: Callable, image_size: int, channels: int = 3) -> bytes:
     """``jax.export`` serialization with a symbolic batch dimension 'b'."""
     spec = portable.input_spec(image_size, channels, batch="b")
-    with layers.plain_convolutions():
-        exported = jax.export.export(jax.jit(fn), platforms=STABLEHLO_PLATFORMS)(spec)
+    exported = jax.export.export(jax.jit(fn), platforms=STABLEHLO_PLATFORMS)(spec)
     return bytes(exported.serialize())
 
 

@@ -1,17 +1,16 @@
-"""The network as a portable program for exporters: plain convolutions, and max pooling in a
-form every target converts.
+"""The network as a portable program for exporters, with max pooling in a form every target
+converts.
 
-``trace`` gives the inference function's jaxpr with a symbolic batch dimension, traced under
-``layers.plain_convolutions()`` (no CPU-only branch). ``evaluate`` replays it primitive by
-primitive, so an exporter that traces Python (jax2onnx, jax2tf) sees plain JAX primitives and
-not Flax modules (jax2onnx patches ``nn.Conv``, ``nn.BatchNorm`` and ``nn.max_pool`` with shims
-that mishandle explicit padding). Two rewrites of padded max pooling keep it exact and
-convertible: its padding is the edge pixel repeated, which is inside the same window and so
-never changes a maximum (-inf padding would give int8 LiteRT an infinite quantisation range),
-and for ONNX the window is the maximum of its strided slices (ONNX Runtime's MaxPool takes no
-4-D window, which is what jax2onnx emits for an NHWC one). For ONNX, constant padding (the
-CIFAR shortcut's zero channels, Keras V2's zero-padded pool, ResNet-D's average pool) becomes
-concatenation, which jax2onnx lowers with a symbolic batch.
+``trace`` gives the inference function's jaxpr with a symbolic batch dimension. ``evaluate``
+replays it primitive by primitive, so an exporter that traces Python (jax2onnx, jax2tf) sees
+plain JAX primitives and not Flax modules (jax2onnx patches ``nn.Conv``, ``nn.BatchNorm`` and
+``nn.max_pool`` with shims that mishandle explicit padding). Two rewrites of padded max pooling
+keep it exact and convertible: its padding is the edge pixel repeated, which is inside the same
+window and so never changes a maximum (-inf padding would give int8 LiteRT an infinite
+quantisation range), and for ONNX the window is the maximum of its strided slices (ONNX
+Runtime's MaxPool takes no 4-D window, which is what jax2onnx emits for an NHWC one). For ONNX,
+constant padding (the CIFAR shortcut's zero channels, Keras V2's zero-padded pool, ResNet-D's
+average pool) becomes concatenation, which jax2onnx lowers with a symbolic batch.
 """
 
 from __future__ import annotations
@@ -22,8 +21,6 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 from jax.extend import core as jcore
-
-from resnet_jax.models import layers
 
 MAX_POOLS = ("window", "slices")
 
@@ -36,9 +33,8 @@ def input_spec(image_size: int, channels: int = 3, batch: int | str = "b") -> ja
 
 
 def trace(fn: Callable, spec: jax.ShapeDtypeStruct) -> jax.extend.core.ClosedJaxpr:
-    """The jaxpr of ``fn`` (images -> logits, weights closed over) with plain convolutions."""
-    with layers.plain_convolutions():
-        return jax.make_jaxpr(fn)(spec)
+    """The jaxpr of ``fn`` (images -> logits, weights closed over)."""
+    return jax.make_jaxpr(fn)(spec)
 
 
 def _edge_pad(x: jax.Array, padding) -> jax.Array:

@@ -3,17 +3,12 @@
 PyTorch pads symmetrically (k // 2 on each side); Flax's 'SAME' pads (0, 1) or (2, 3) for
 stride 2 on even inputs and would shift the sampling grid of converted weights, so every
 convolution and pool here pads explicitly.
-
-Every convolution goes through ``conv_general_dilated`` below, which is
-``lax.conv_general_dilated`` on GPU and TPU; on CPU it computes 1x1 convolutions as matrix
-products (see there).
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
@@ -22,100 +17,6 @@ import jax.numpy as jnp
 from flax.linen.dtypes import promote_dtype
 
 Dtype = Any
-
-
-_NHWC = ("NHWC", "HWIO", "NHWC")
-
-
-def _is_pointwise(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count):
-    """A 1x1, unpadded, undilated, ungrouped NHWC/HWIO convolution: a matrix product."""
-    if lhs.ndim != 4 or rhs.ndim != 4:
-        return False
-    nhwc = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, _NHWC)
-    given = jax.lax.conv_dimension_numbers(lhs.shape, rhs.shape, dimension_numbers)
-    unpadded = padding == "VALID" or (
-        not isinstance(padding, str) and all(tuple(p) == (0, 0) for p in padding)
-    )
-    return (
-        given == nhwc
-        and rhs.shape[:2] == (1, 1)
-        and unpadded
-        and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and feature_group_count == 1
-    )
-
-
-def conv_general_dilated(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides,
-    padding,
-    *,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
-) -> jax.Array:
-    """``lax.conv_general_dilated``, with 1x1 convolutions as matrix products on CPU.
-
-    XLA:CPU runs a bfloat16 convolution in float32, with conversions around it. A 1x1
-    convolution is a matrix product (after taking every stride-th pixel), and a bfloat16
-    matrix product with float32 accumulation runs on the CPU's bfloat16 dot instructions
-    (YNNPACK). On CPU this function computes 1x1 convolutions that way, rounding the float32
-    result to the input dtype once, as the convolution does; on the 2-core AVX-512 machine of
-    BENCHMARKS.md that makes bfloat16 ResNet-50 inference about 1.2x faster, at the same
-    numbers (float32 within rounding of the convolution). The choice is made when the program
-    is lowered for its platform (``lax.platform_dependent``), so GPU and TPU programs contain
-    the plain convolution, whatever the default backend.
-    """
-
-    def xla(lhs, rhs):
-        return jax.lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
-
-    if not _is_pointwise(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count):
-        return xla(lhs, rhs)
-    sh, sw = window_strides
-
-    def cpu(lhs, rhs):
-        out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
-        accumulate = jnp.float32 if out_dtype == jnp.bfloat16 else out_dtype
-        y = jax.lax.dot_general(
-            jax.lax.slice(lhs, (0,) * 4, lhs.shape, (1, sh, sw, 1)),
-            rhs[0, 0],
-            (((3,), (0,)), ((), ())),
-            precision=precision,
-            preferred_element_type=accumulate,
-        )
-        return y.astype(out_dtype)
-
-    return jax.lax.platform_dependent(lhs, rhs, cpu=cpu, default=xla)
-
-
-@contextlib.contextmanager
-def plain_convolutions() -> Iterator[None]:
-    """While a model is traced: every convolution is ``lax.conv_general_dilated``, with no
-    CPU-only branch. Exported programs (StableHLO, ONNX, LiteRT) are the portable network, and
-    the benchmark's ``plain_convs`` ablation measures the CPU formulation against it."""
-    global conv_general_dilated
-    saved = conv_general_dilated
-    conv_general_dilated = jax.lax.conv_general_dilated
-    try:
-        yield
-    finally:
-        conv_general_dilated = saved
 
 
 def symmetric_padding(kernel_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
@@ -154,6 +55,7 @@ class LayerFactory:
     bn_axis_name: Any = None
     bn_axis_index_groups: Any = None
     train: bool = False
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated
 
     def conv(
         self,
@@ -175,7 +77,7 @@ class LayerFactory:
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=kernel_init(self.init_scheme),
-            conv_general_dilated=conv_general_dilated,
+            conv_general_dilated=self.conv_general_dilated,
             name=name,
         )
 

@@ -11,7 +11,7 @@ Pure function with explicit state::
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import chex
@@ -48,6 +48,8 @@ class ResNet(nn.Module):
       optimizer that leaves those parameters alone.
     drop_path_rate: stochastic depth in training (needs a 'dropout' rng); block i of n drops its
       residual branch with rate * i / (n - 1), timm's linear rule. No parameters.
+    conv_general_dilated: the function every nn.Conv computes with (``lax``'s; the opt-in
+      ``resnet_jax.backend`` swaps in another with the same numbers).
     """
 
     stage_sizes: Sequence[int]
@@ -76,6 +78,7 @@ class ResNet(nn.Module):
     remat: bool = False
     frozen_stages: int = 0
     drop_path_rate: float = 0.0
+    conv_general_dilated: Callable = jax.lax.conv_general_dilated
 
     def validate(self) -> None:
         """Raises ValueError for an impossible architecture, before anything is traced."""
@@ -157,6 +160,7 @@ class ResNet(nn.Module):
             bn_axis_name=self.bn_axis_name,
             bn_axis_index_groups=self.bn_axis_index_groups,
             train=train,
+            conv_general_dilated=self.conv_general_dilated,
         )
         frozen = self.num_frozen_stages()
         frozen_L = dataclasses.replace(L, train=False)  # BN on running statistics.

@@ -120,7 +120,12 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
         skip_nonfinite=config.nonfinite == "skip",
         preset=built.preset,
     )
-    eval_fn = steps.compile_eval_step(parallel, model=built.model, preset=built.preset)
+    eval_fn = steps.compile_eval_step(
+        parallel,
+        model=built.model,
+        preset=built.preset,
+        compiler_options=builder.backend_of(config, parallel).forward_options,
+    )
     progress = ProgressBar(spec.total_steps, enabled=is_main and config.progress_bar)
     progress.message(
         f"{config.model.name} ({num_params:,} params, {config.dtype}) on {config.data.dataset} "

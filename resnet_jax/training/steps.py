@@ -170,15 +170,9 @@ def compile_train_step(
     skip_nonfinite: bool = False,
     preset: presets.Preset | None = None,
     donate_state: bool = True,
-    xla_defaults: bool = False,
-    xla_program: str = "train",
 ) -> Callable:
     """``train_step`` compiled by ``parallel``, reducing over its axes and syncing the BN
-    statistics when its BN groups are smaller than the data axes.
-
-    It compiles with the training programs' XLA options (``platform.compiler_options``);
-    ``xla_program='forward'`` takes the forward programs' instead, to compare them.
-    """
+    statistics when its BN groups are smaller than the data axes."""
     step = functools.partial(
         train_step,
         model=model,
@@ -191,17 +185,20 @@ def compile_train_step(
         skip_nonfinite=skip_nonfinite,
         preset=preset,
     )
-    return parallel.compile(
-        step, donate_state=donate_state, program=xla_program, xla_defaults=xla_defaults
-    )
+    return parallel.compile(step, donate_state=donate_state)
 
 
 def compile_eval_step(
-    parallel: DataParallel, *, model: nn.Module, preset: presets.Preset | None = None
+    parallel: DataParallel,
+    *,
+    model: nn.Module,
+    preset: presets.Preset | None = None,
+    compiler_options: dict[str, str] | None = None,
 ) -> Callable:
-    """``eval_step`` compiled by ``parallel`` (the state is not donated)."""
+    """``eval_step`` compiled by ``parallel`` (the state is not donated) with ``jax.jit``'s
+    ``compiler_options``."""
     step = functools.partial(eval_step, model=model, axis_name=parallel.axis_name, preset=preset)
-    return parallel.compile(step, donate_state=False)
+    return parallel.compile(step, donate_state=False, compiler_options=compiler_options)
 
 
 def mean_metrics(sums: dict[str, float]) -> dict[str, float]:

@@ -48,6 +48,7 @@ FREE_FIELDS = frozenset(
         "profile_steps",
         "parallelism",
         "multihost",
+        "backend",
         "model.remat",
         "model.space_to_depth",
         "data.data_dir",
