@@ -1,6 +1,13 @@
 """resnet-jax: the ResNet family in JAX/Flax and the system that trains it."""
 
-from resnet_jax.models import ResNet, create_model, list_models
-
 __version__ = "0.1.0"
 __all__ = ["ResNet", "create_model", "list_models", "__version__"]
+
+
+def __getattr__(name: str):
+    """Loads the models (and JAX) on first use, so input worker processes start without them."""
+    if name in ("ResNet", "create_model", "list_models"):
+        from resnet_jax import models
+
+        return getattr(models, name)
+    raise AttributeError(f"module 'resnet_jax' has no attribute {name!r}")

@@ -84,6 +84,7 @@ class _Run:
     writer: MetricWriter
     progress: ProgressBar
     profiler: StepProfiler
+    train_iter: Any = None  # Its state goes into each checkpoint's metadata.
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -120,7 +121,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
     validate.check_config(config, num_devices=len(devices), process_count=jax.process_count())
     validate.check_workdir(workdir)
     try:
-        info = pipeline.get_dataset_info(config.data)
+        info = pipeline.get_dataset_info(config.data, cache_dir=workdir)
     except (ValueError, FileNotFoundError) as e:
         raise validate.ConfigError(f"data ({config.data.dataset!r}): {e}") from e
     steps_per_epoch = info.num_train // config.batch_size
@@ -203,7 +204,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: str) -> _Run:
 
 
 def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
-    from resnet_jax.data import pipeline
+    from resnet_jax.data import grain_pipeline
 
     config, parallel, progress = run.config, run.parallel, run.progress
     state = run.state
@@ -216,9 +217,10 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
     ckpt_every = config.checkpoint_every_steps or epoch_steps
     log_every = max(config.log_every_steps, 1)
 
-    train_iter = pipeline.create_train_iterator(
-        config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
-    )
+    run.train_iter = train_iter = grain_pipeline.train_iterator(
+        config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+        cache_dir=run.workdir,
+    )  # fmt: skip
     batches = par.prefetch_to_devices(train_iter, parallel, size=config.prefetch_batches)
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
@@ -276,10 +278,12 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
 
 
 def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
-    from resnet_jax.data import pipeline
+    from resnet_jax.data import grain_pipeline
 
     config = run.config
-    batches = pipeline.create_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+    batches = grain_pipeline.eval_iterator(
+        config.data, global_batch_size=config.eval_batch_size, cache_dir=run.workdir
+    )
     result = evaluate(
         run.eval_fn,
         state,
@@ -314,6 +318,9 @@ def _save(run: _Run, state: TrainState, step: int) -> None:
     """Starts an asynchronous save of the state; the data position is (seed, step, batch)."""
     config = run.config
     data = {"seed": config.seed, "step": step, "global_batch_size": config.batch_size}
+    from resnet_jax.data import grain_pipeline
+
+    data["input"] = grain_pipeline.state_after(run.train_iter, step)  # Grain's position.
     meta = {**run.meta, "step": step, "data": data}
     run.ckpt.save(step, run.parallel.unreplicate(state), meta)
 
