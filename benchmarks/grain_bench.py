@@ -16,6 +16,7 @@ resized to 500x375 and re-encoded at quality 90, like ImageNet's):
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import multiprocessing
 import os
@@ -67,6 +68,46 @@ def write_scan_folder(root: str, num_files: int, classes: int = 1000) -> None:
                 f.write(data)
 
 
+@functools.cache
+def _bench_photos() -> type:
+    """TFDS builder 'bench_photos': the files of ``BenchPhotos.folder``, stored as they are."""
+    import tensorflow_datasets as tfds
+
+    class BenchPhotos(tfds.core.GeneratorBasedBuilder):
+        VERSION = tfds.core.Version("1.0.0")
+        folder = ""
+
+        def _info(self) -> tfds.core.DatasetInfo:
+            features = {
+                "image": tfds.features.Image(shape=(None, None, 3), encoding_format="jpeg"),
+                "label": tfds.features.ClassLabel(num_classes=100),
+            }
+            return tfds.core.DatasetInfo(
+                builder=self, features=tfds.features.FeaturesDict(features)
+            )
+
+        def _split_generators(self, dl_manager):
+            return {"train": self._generate_examples()}
+
+        def _generate_examples(self):
+            files = sorted(os.path.join(d, f) for d, _, fs in os.walk(self.folder) for f in fs)
+            for i, f in enumerate(files):
+                yield i, {"image": f, "label": int(os.path.basename(os.path.dirname(f))[1:])}
+
+    return BenchPhotos
+
+
+def build_tfds(photos: str, data_dir: str, file_format: str) -> str:
+    """The photo folder as TFDS dataset 'bench_photos' in ``data_dir`` (TFRecord or
+    ArrayRecord). Returns the data_dir."""
+    builder_class = _bench_photos()
+    builder_class.folder = photos
+    builder = builder_class(data_dir=data_dir, file_format=file_format)
+    if not builder.is_prepared():
+        builder.download_and_prepare()
+    return data_dir
+
+
 def _config(**fields: Any) -> Any:
     from resnet_jax.data import pipeline
 
@@ -91,6 +132,8 @@ def first_batch_seconds(kind: str, config: Any, batch: int, step: int, workdir: 
     """Seconds from asking for the training iterator at ``step`` to holding its first batch."""
     from resnet_jax.data import grain_pipeline, pipeline
 
+    if config.dataset == "folder":  # Index from the workdir, untimed: (c) measures scans.
+        pipeline.folder_indices(config, cache_dir=workdir)
     start = time.perf_counter()
     if kind == "grain":
         it = grain_pipeline.create_train_iterator(
@@ -110,11 +153,13 @@ def _first_batch_child(queue: Any, *args: Any) -> None:
     queue.put(first_batch_seconds(*args))
 
 
-def resume_times(config: Any, batch: int, workdir: str, epoch: int) -> dict[str, float]:
+def resume_times(
+    configs: dict[str, Any], batch: int, workdir: str, epoch: int, prefix: str = ""
+) -> dict[str, float]:
     """(a): fresh, 10% and 90% resumes, each in a new process (nothing warm), per pipeline."""
     ctx = multiprocessing.get_context("spawn")
     out = {}
-    for kind in ("tfdata", "grain"):
+    for kind, config in configs.items():
         for name, fraction in (("fresh", 0.0), ("resume_10pct", 0.1), ("resume_90pct", 0.9)):
             queue = ctx.Queue()
             step = int(fraction * epoch) // batch
@@ -122,7 +167,8 @@ def resume_times(config: Any, batch: int, workdir: str, epoch: int) -> dict[str,
                 target=_first_batch_child, args=(queue, kind, config, batch, step, workdir)
             )
             proc.start()
-            out[f"{kind}_{name}_s"] = round(queue.get(timeout=600), 3)
+            out[f"{prefix}{kind}_{name}_s"] = round(queue.get(timeout=600), 3)
+            print(f"{prefix}{kind}_{name}_s", out[f"{prefix}{kind}_{name}_s"], flush=True)
             proc.join()
     return out
 
@@ -184,6 +230,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
+    parser.add_argument("--parts", default="scan,folder,tfds,cpu", help="What to measure.")
     parser.add_argument("--tiny", action="store_true", help="A few images: checks it runs.")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -194,11 +241,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     workdir = os.path.join(args.root, "workdir")
     shutil.rmtree(workdir, ignore_errors=True)
     record: dict[str, Any] = {"images": args.images, "batch": args.batch}
-    record.update(scan_times(scans, workdir))
-    config = _config(dataset="folder", folder=photos, workers=args.workers)
-    record.update(resume_times(config, args.batch, workdir, args.images))
-    files = sorted(os.path.join(d, f) for d, _, fs in os.walk(photos) for f in fs)
-    record.update(cpu_ms_per_image(files[: args.cpu_images]))
+    parts = set(args.parts.split(","))
+    if "scan" in parts:
+        record.update(scan_times(scans, workdir))
+    if "folder" in parts:
+        config = _config(dataset="folder", folder=photos, workers=args.workers)
+        configs = {"tfdata": config, "grain": config}
+        record.update(resume_times(configs, args.batch, workdir, args.images, "folder_"))
+    if "tfds" in parts:
+        fields = {"dataset": "bench_photos", "workers": args.workers, "train_split": "train"}
+        configs = {
+            kind: _config(data_dir=build_tfds(photos, os.path.join(args.root, kind), fmt), **fields)
+            for kind, fmt in (("tfdata", "tfrecord"), ("grain", "array_record"))
+        }
+        configs["tfdata"].pipeline = "tfdata"
+        record.update(resume_times(configs, args.batch, workdir, args.images, "tfds_"))
+    if "cpu" in parts:
+        files = sorted(os.path.join(d, f) for d, _, fs in os.walk(photos) for f in fs)
+        record.update(cpu_ms_per_image(files[: args.cpu_images]))
     record["cores"] = common.usable_cores()
     table = "\n".join(
         ["| measure | value |", "|---|---|"] + [f"| {k} | {v} |" for k, v in record.items()]

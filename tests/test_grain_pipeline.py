@@ -210,3 +210,36 @@ def test_the_grain_pipeline_runs_without_tensorflow(photos, tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     lines = result.stdout.split("\n")
     assert lines[:3] == ["digits (4, 16, 16, 3)", "folder (4, 16, 16, 3)", "no tensorflow"]
+
+
+def test_a_tfds_array_record_build_is_read_through_data_source(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from tests.tfds_tiny import TinyPhotos
+
+    builder = TinyPhotos(data_dir=str(tmp_path), file_format="array_record")
+    builder.download_and_prepare()
+    config = _config(dataset="tiny_photos", data_dir=str(tmp_path), image_size=8)
+    assert grain_pipeline.uses_grain(config)
+    source = grain_pipeline.make_source(config, train=True)
+    assert isinstance(source, grain_pipeline.TfdsSource) and len(source) == 12
+    data, _, _ = source[5]
+    assert isinstance(data, bytes) and data[:3] == b"\xff\xd8\xff"  # Encoded, as stored.
+    assert sorted(source[i][1] for i in range(12)) == [0] * 6 + [1] * 6
+    it = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **ONE)
+    assert next(it)["image"].shape == (4, 8, 8, 3)
+    evaluated = list(grain_pipeline.create_eval_iterator(config, global_batch_size=3, **ONE))
+    assert sum(b["mask"].sum() for b in evaluated) == 4
+    tfrecord = TinyPhotos(data_dir=str(tmp_path / "tfrecord"))
+    tfrecord.download_and_prepare()
+    config.data_dir = str(tmp_path / "tfrecord")
+    assert not grain_pipeline.uses_grain(config)  # Kept on tf.data, with the conversion hint.
+
+
+def test_the_benchmark_measures_scans_and_cpu_per_image_in_tiny_mode(tmp_path):
+    from benchmarks import grain_bench
+
+    record = grain_bench.main(["--tiny", f"--root={tmp_path}", "--parts=scan,cpu"])
+    assert record["scan_files"] == 50 and record["scan_s"] > 0 and record["scan_cached_s"] >= 0
+    assert record["grain_cpu_ms_per_image"] > 0 and record["tfdata_cpu_ms_per_image"] > 0
+    photos = sorted((tmp_path / "photos").rglob("*.jpg"))
+    assert len(photos) == 40 and Image.open(photos[0]).size == (500, 375)

@@ -11,6 +11,9 @@ Decoding uses Pillow: the Inception crop window is chosen from the header, JPEGs
 DCT-scaled (``Image.draft``) when the window is at least twice the output size, and the crop,
 resize and flip are one resample of the decoded image. Evaluation pixels are
 ``resnet_jax.images.pixels``, the same as ``predict``'s.
+
+Folders and digits need no TensorFlow. TFDS datasets still do: ``import tensorflow_datasets``
+(4.9.10) imports TensorFlow, and checking a build's file format goes through its builder.
 """
 
 from __future__ import annotations
@@ -36,10 +39,9 @@ _PERMUTATION_TAG = 1  # Keeps the epoch permutations' seeds apart from the examp
 _ENDLESS_EPOCHS = 1 << 20  # Stream length in epochs: endless for any run.
 TFDS_FORMAT_HINT = (
     "The Grain pipeline reads TFDS datasets stored as ArrayRecord: prepare with `tfds build "
-    "{name} --data_dir={data_dir} --file_format=array_record`, or convert an existing TFRecord "
-    "build with `python -m tensorflow_datasets.scripts.convert_format --dataset_dir="
-    "{data_dir}/{name}/<version> --out_file_format=array_record`; or set "
-    "--config.data.pipeline=tfdata."
+    "{name} --data_dir={data_dir} --file_format=array_record`, or add ArrayRecord files next to "
+    "an existing TFRecord build with `tfds convert_format --dataset_version_dir={data_dir}/"
+    "{name}/<version> --out_file_format=array_record`; or set --config.data.pipeline=tfdata."
 )
 
 
@@ -396,8 +398,10 @@ def uses_grain(config: Any) -> bool:
         return True
     from resnet_jax.data import sources
 
-    fmt = getattr(sources.tfds_builder(config).info, "file_format", None)
-    if getattr(fmt, "value", fmt) == "array_record":
+    info = sources.tfds_builder(config).info
+    fmt = getattr(info, "file_format", None)
+    formats = [fmt, *getattr(info, "alternative_file_formats", [])]
+    if "array_record" in [getattr(f, "value", f) for f in formats]:
         return True
     hint = TFDS_FORMAT_HINT.format(name=config.dataset, data_dir=config.data_dir or "DIR")
     logging.warning("%s is stored as %s: reading it with tf.data. %s", config.dataset, fmt, hint)
