@@ -243,3 +243,10 @@ def test_the_benchmark_measures_scans_and_cpu_per_image_in_tiny_mode(tmp_path):
     assert record["grain_cpu_ms_per_image"] > 0 and record["tfdata_cpu_ms_per_image"] > 0
     photos = sorted((tmp_path / "photos").rglob("*.jpg"))
     assert len(photos) == 40 and Image.open(photos[0]).size == (500, 375)
+
+
+def test_an_unknown_pipeline_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="Unknown data.pipeline 'torch'; expected one of grain, "):
+        grain_pipeline.uses_grain(_config(dataset="digits", pipeline="torch"))
+    assert grain_pipeline.uses_grain(_config(dataset="digits"))
+    assert not grain_pipeline.uses_grain(_config(dataset="digits", pipeline="tfdata"))
