@@ -14,7 +14,7 @@ from PIL import Image, UnidentifiedImageError
 from resnet_jax.data.presets import Preset, normalize
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-_FILTERS = {  # Keys: presets.INTERPOLATIONS, which every Preset is checked against.
+FILTERS = {  # Keys: presets.INTERPOLATIONS, which every Preset is checked against.
     "nearest": Image.Resampling.NEAREST,
     "bilinear": Image.Resampling.BILINEAR,
     "bicubic": Image.Resampling.BICUBIC,
@@ -31,12 +31,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     torchvision and Keras do), CMYK and 16-bit files are converted."""
     try:
         with Image.open(path) as img:
-            img.load()
-            if img.mode in ("I;16", "I;16B", "I;16L", "I"):
-                arr = np.asarray(img, dtype=np.float64)
-                peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
-                img = Image.fromarray(np.round(arr * 255.0 / peak).astype(np.uint8), "L")
-            return img.convert("RGB")
+            return rgb(img)
     except (
         UnidentifiedImageError,
         OSError,
@@ -47,10 +42,21 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
         raise BadImageError(f"{path}: not a readable image ({type(e).__name__}: {e})") from e
 
 
+def rgb(img: Image.Image) -> Image.Image:
+    """Decodes an opened image as 8-bit RGB (see ``load_rgb``); a ``draft`` request set on
+    ``img`` before this call is honoured."""
+    img.load()
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if img.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        img = Image.fromarray(np.round(arr * 255.0 / peak).astype(np.uint8), "L")
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
 def pixels(img: Image.Image, preset: Preset) -> np.ndarray:
     """Resize and center-crop one RGB image as the weights' own framework did; uint8. The
     tf.data eval transform (``preprocess.preset_transform``) gives the same pixels within 1."""
-    resample = _FILTERS[preset.interpolation]
+    resample = FILTERS[preset.interpolation]
     w, h = img.size
     if preset.resize_mode == "squash":
         img = img.resize((preset.crop, preset.crop), resample)

@@ -346,9 +346,11 @@ def resolve(
     num_devices: int,
     process_count: int,
     dataset_info: pipeline.DatasetInfo | None = None,
+    cache_dir: Any = None,
 ) -> RunSpec:
     """The frozen RunSpec of ``config``; raises validate.ConfigError naming every field that
-    cannot work (before any data is read, except the dataset's counts when not given)."""
+    cannot work (before any data is read, except the dataset's counts when not given; a
+    folder's index is kept in ``cache_dir``, the run's workdir)."""
     complete_config = complete(config)
     validate.check_config(complete_config, num_devices=num_devices, process_count=process_count)
     check_finetune(complete_config, num_stages(complete_config))
@@ -357,7 +359,7 @@ def resolve(
     resolved.data.update(source_data_fields(complete_config))
     if dataset_info is None:
         try:
-            dataset_info = pipeline.get_dataset_info(resolved.data)
+            dataset_info = pipeline.get_dataset_info(resolved.data, cache_dir=cache_dir)
         except (ValueError, FileNotFoundError) as e:
             raise validate.ConfigError(f"data ({resolved.data.dataset!r}): {e}") from e
     steps_per_epoch = dataset_info.num_train // resolved.batch_size

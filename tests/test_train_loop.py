@@ -94,7 +94,13 @@ def test_resume_is_exact(straight_run, tmp_path, monkeypatch):
     mid_b, meta_b = ckpt_b.restore(a, step=TOTAL // 2)
     for x, y in zip(jax.tree.leaves(mid_a), jax.tree.leaves(mid_b), strict=True):
         np.testing.assert_array_equal(x, y)
-    assert meta_a["data"] == {"seed": 0, "step": TOTAL // 2, "global_batch_size": 32}
+    position = {"epoch": 0, "epoch_offset": 96, "next_batch": 3, "local_batch": 32}
+    assert meta_a["data"] == {
+        "seed": 0,
+        "step": TOTAL // 2,
+        "global_batch_size": 32,
+        "input": {"pipeline": "grain", "seed": 0, "process": [0, 1], **position},
+    }
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(straight_run):

@@ -11,11 +11,14 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import functools
+import hashlib
+import json
 import os
 import pathlib
 
 import numpy as np
 from absl import logging
+from etils import epath
 from PIL import Image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
@@ -158,3 +161,51 @@ def holdout_split(index: FolderIndex, eval_fraction: float) -> tuple[FolderIndex
         is_eval[members[:n_eval]] = True
     train = index.subset(np.flatnonzero(~is_eval))
     return dataclasses.replace(train, skipped=index.skipped), index.subset(np.flatnonzero(is_eval))
+
+
+_scanned: dict[tuple, FolderIndex] = {}
+INDEX_FILE_PREFIX = "folder-index-"
+
+
+def _signature(root: pathlib.Path, check: str) -> list:
+    """What a cached index is valid for: the folder, the check, and the modification times of
+    the folder and its class subfolders (adding or removing an image changes them)."""
+    dirs = [root, *sorted(d for d in root.iterdir() if d.is_dir())]
+    return [str(root.resolve()), check, [[d.name, d.stat().st_mtime_ns] for d in dirs]]
+
+
+def cached_scan(
+    path: str | os.PathLike,
+    *,
+    check: str = "header",
+    cache_dir: str | os.PathLike | None = None,
+    write: bool = True,
+) -> FolderIndex:
+    """``scan_folder`` once per process, and once per folder state when ``cache_dir`` (a run's
+    workdir) keeps the index (``write``): later runs and hosts read it instead of scanning."""
+    root = pathlib.Path(path).expanduser()
+    if not root.is_dir():
+        return scan_folder(root, check=check)  # Raises its clear error.
+    signature = _signature(root, check)
+    key = json.dumps(signature)
+    file, stored = None, {}
+    if cache_dir is not None:
+        digest = hashlib.sha1(json.dumps(signature[:2]).encode()).hexdigest()[:16]
+        file = epath.Path(cache_dir) / f"{INDEX_FILE_PREFIX}{digest}.json"
+        try:
+            stored = json.loads(file.read_text()) if file.exists() else {}
+        except ValueError:
+            stored = {}
+    if key not in _scanned:
+        if stored.get("signature") == signature:
+            fields = ("files", "labels", "class_names")
+            _scanned[key] = FolderIndex(*(tuple(stored[f]) for f in fields), stored["skipped"])
+        else:
+            _scanned[key] = scan_folder(root, check=check)
+    index = _scanned[key]
+    if file is not None and write and stored.get("signature") != signature:
+        file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = file.with_name(file.name + ".tmp")
+        tmp.write_text(json.dumps({"signature": signature, **dataclasses.asdict(index)}))
+        tmp.rename(file)
+    return index

@@ -28,6 +28,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="where the hand-downloaded files are (default: <data_dir>/downloads/manual)",
     )
+    parser.add_argument(
+        "--file_format",
+        default="array_record",
+        choices=("array_record", "tfrecord"),
+        help="array_record (read by the default Grain pipeline) or tfrecord (tf.data only)",
+    )
     return parser
 
 
@@ -39,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
 
     config = ml_collections.ConfigDict(
         dict(
-            dataset=args.dataset, data_dir=args.data_dir, manual_dir=args.manual_dir, download=True
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+            manual_dir=args.manual_dir,
+            download=True,
+            file_format=args.file_format,
         )
     )
     data_dir = epath.Path(args.data_dir)

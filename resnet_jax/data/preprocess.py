@@ -29,8 +29,6 @@ def _hide_gpus_from_tf() -> None:
 _hide_gpus_from_tf()
 
 Example = dict[str, tf.Tensor]
-TRAIN_PREPROCESS = ("inception_crop", "cifar_crop", "resize")
-EVAL_PREPROCESS = ("center_crop", "resize")
 
 
 def decode_rgb(data: tf.Tensor) -> tf.Tensor:
@@ -181,7 +179,7 @@ def epoch_shuffle_seed(seed: int, epoch: tf.Tensor) -> tf.Tensor:
 def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Tensor]:
     """Returns ``fn(data, seed) -> (S, S, 3)`` for ``config.train_preprocess``: float32 model
     inputs, or uint8 pixels with ``config.image_dtype='uint8'``."""
-    presets.check_choice("train_preprocess", config.train_preprocess, TRAIN_PREPROCESS)
+    presets.check_choice("train_preprocess", config.train_preprocess, presets.TRAIN_PREPROCESS)
     presets.check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
     preset = presets.data_preset(config)
     size, method = int(config.image_size), preset.interpolation
@@ -207,7 +205,7 @@ def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
 
 def make_eval_transform(config: Any) -> Callable[[tf.Tensor], tf.Tensor]:
     """Returns ``fn(data) -> (S, S, 3)`` for ``config.eval_preprocess`` (dtype as above)."""
-    presets.check_choice("eval_preprocess", config.eval_preprocess, EVAL_PREPROCESS)
+    presets.check_choice("eval_preprocess", config.eval_preprocess, presets.EVAL_PREPROCESS)
     presets.check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
     preset = presets.data_preset(config)
     if config.eval_preprocess == "resize":

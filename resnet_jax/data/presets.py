@@ -22,6 +22,8 @@ CAFFE_BGR_MEAN = (103.939, 116.779, 123.68)
 # not Pillow's box filter (differences of 70+ levels), so it is not offered.
 INTERPOLATIONS = ("bilinear", "bicubic", "nearest", "lanczos3")
 RESIZE_MODES = ("short_side", "squash")
+TRAIN_PREPROCESS = ("inception_crop", "cifar_crop", "resize")  # data.train_preprocess
+EVAL_PREPROCESS = ("center_crop", "resize")  # data.eval_preprocess
 MODES = ("torch", "caffe", "tf")
 
 

@@ -180,7 +180,9 @@ def tfds_builder(config: Any) -> Any:
             "--config.data.data_dir=DIR naming the directory the datasets are prepared in."
         )
     try:
-        builder = tfds.builder(config.dataset, data_dir=data_dir)
+        file_format = config.get("file_format")  # Only when preparing: the build's format.
+        kwargs = {"file_format": file_format} if file_format else {}
+        builder = tfds.builder(config.dataset, data_dir=data_dir, **kwargs)
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(unknown_dataset_message(config.dataset)) from None
     features = builder.info.features

@@ -92,7 +92,9 @@ def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
         preset=run.built.preset,
     )
     compiled = parallel.compile(step_fn, donate_state=False)
-    counts = np.asarray(eval_sums(spec, compiled, result["state"], parallel), np.int64)
+    counts = np.asarray(
+        eval_sums(spec, compiled, result["state"], parallel, cache_dir=run.workdir), np.int64
+    )
     count = int(counts.sum())
     top1 = float(np.trace(counts)) / max(count, 1)
     names = list(spec.class_names) if spec.class_names else None

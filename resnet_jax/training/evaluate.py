@@ -65,13 +65,18 @@ def evaluate(
     return mean_metrics(sums)
 
 
-def eval_sums(spec: Any, step_fn: Callable, state: Any, parallel: DataParallel) -> Any:
-    """``sum_batches`` over the eval split of the run ``spec`` (a RunSpec) describes: every
-    example once, at most ``num_eval_steps`` batches."""
-    from resnet_jax.data import pipeline
+def eval_sums(
+    spec: Any, step_fn: Callable, state: Any, parallel: DataParallel, cache_dir: Any = None
+) -> Any:
+    """``sum_batches`` over the eval split of the run ``spec`` (a RunSpec) describes, through
+    the configured pipeline (a folder's index kept in ``cache_dir``): every example once, at
+    most ``num_eval_steps`` batches."""
+    from resnet_jax.data import grain_pipeline
 
     config = spec.config
-    batches = pipeline.create_eval_iterator(config.data, global_batch_size=config.eval_batch_size)
+    batches = grain_pipeline.eval_iterator(
+        config.data, global_batch_size=config.eval_batch_size, cache_dir=cache_dir
+    )
     return sum_batches(
         step_fn,
         state,

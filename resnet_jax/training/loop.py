@@ -50,6 +50,7 @@ class _Run:
     writer: MetricWriter
     progress: ProgressBar
     profiler: StepProfiler
+    train_iter: Any = None  # Its state goes into each checkpoint's metadata.
 
 
 def train_and_evaluate(
@@ -85,7 +86,9 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
         raise validate.ConfigError(str(e)) from e
     devices = jax.devices()
     validate.check_workdir(workdir)
-    spec = run_spec.resolve(config, num_devices=len(devices), process_count=jax.process_count())
+    spec = run_spec.resolve(
+        config, num_devices=len(devices), process_count=jax.process_count(), cache_dir=workdir
+    )
     config = spec.config
     parallel = par.create_data_parallel(config.parallelism, bn_group_size=config.bn_group_size)
     built = builder.build(spec, parallel)
@@ -160,7 +163,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
 
 
 def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
-    from resnet_jax.data import pipeline
+    from resnet_jax.data import grain_pipeline
 
     config, parallel, progress = run.config, run.parallel, run.progress
     state = run.state
@@ -173,9 +176,10 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
     ckpt_every = config.checkpoint_every_steps or epoch_steps
     log_every = max(config.log_every_steps, 1)
 
-    train_iter = pipeline.create_train_iterator(
-        config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step
-    )
+    run.train_iter = train_iter = grain_pipeline.train_iterator(
+        config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
+        cache_dir=run.workdir,
+    )  # fmt: skip
     batches = par.prefetch_to_devices(train_iter, parallel, size=config.prefetch_batches)
     last_train: dict[str, float] = {}
     last_eval: dict[str, float] = {}
@@ -234,7 +238,9 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
 
 
 def _evaluate(run: _Run, state: TrainState, step: int) -> dict[str, float]:
-    result = steps.mean_metrics(eval_sums(run.spec, run.eval_fn, state, run.parallel))
+    result = steps.mean_metrics(
+        eval_sums(run.spec, run.eval_fn, state, run.parallel, cache_dir=run.workdir)
+    )
     result["epoch"] = step / run.spec.steps_per_epoch
     run.writer.write("eval", step, result)
     ema = f"  EMA top-1 {result['ema_top1']:.4f}" if "ema_top1" in result else ""
@@ -262,6 +268,9 @@ def _save(run: _Run, state: TrainState, step: int) -> None:
     """Starts an asynchronous save of the state; the data position is (seed, step, batch)."""
     config = run.config
     data = {"seed": config.seed, "step": step, "global_batch_size": config.batch_size}
+    from resnet_jax.data import grain_pipeline
+
+    data["input"] = grain_pipeline.state_after(run.train_iter, step)  # Grain's position.
     meta = {**run.meta, "step": step, "data": data}
     run.ckpt.save(step, run.parallel.unreplicate(state), meta)
 

@@ -59,6 +59,7 @@ FREE_FIELDS = frozenset(
         "data.num_parallel_calls",
         "data.prefetch",
         "data.private_threads",
+        "data.workers",  # Grain's batches do not depend on how many processes decode them.
     }
 )
 

@@ -1,0 +1,252 @@
+"""The Grain input pipeline: epochs, shards, exact resume without replay, eval pixels, no TF."""
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from PIL import Image, JpegImagePlugin
+
+from resnet_jax import images
+from resnet_jax.data import folder, grain_pipeline, pipeline, sources, write_digits_folder
+
+ONE = {"process_index": 0, "process_count": 1}
+
+
+def _config(**fields):
+    config = pipeline.default_data_config()
+    config.update({"image_size": 16, "workers": 0, "image_dtype": "uint8", **fields})
+    return config
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """40 smooth JPEGs (30x40, 4 classes) with distinct content; the folder's root."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    for i in range(40):
+        (root / f"c{i % 4}").mkdir(exist_ok=True)
+        coarse = Image.fromarray(rng.integers(0, 255, (3, 4, 3), dtype=np.uint8))
+        smooth = coarse.resize((40, 30), Image.Resampling.BICUBIC)  # Photo-like, not noise.
+        smooth.save(root / f"c{i % 4}" / f"{i:02d}.jpg", quality=95)
+    return root
+
+
+def _folder(root, **fields):
+    return _config(**{"dataset": "folder", "folder": str(root), "eval_fraction": 0.0, **fields})
+
+
+def test_train_batches_have_the_tfdata_shapes_and_dtypes():
+    for dtype in ("uint8", "float32"):
+        it = grain_pipeline.create_train_iterator(
+            _config(dataset="digits", image_dtype=dtype), global_batch_size=8, seed=0, **ONE
+        )
+        batch = next(it)
+        assert batch["image"].shape == (8, 16, 16, 3) and batch["image"].dtype == dtype
+        assert batch["label"].shape == (8,) and batch["label"].dtype == np.int32
+
+
+def test_every_epoch_is_a_new_permutation_of_every_example():
+    source = grain_pipeline.ArraySource(np.zeros((50, 2, 2, 3), np.uint8), np.zeros(50))
+    examples = grain_pipeline.TrainExamples(source, None, seed=3, index=0, count=1)
+    epoch0 = [examples.record(k) for k in range(50)]
+    epoch1 = [examples.record(k) for k in range(50, 100)]
+    assert sorted(epoch0) == sorted(epoch1) == list(range(50))
+    assert epoch0 != epoch1 and epoch0 != list(range(50))
+
+
+def test_process_shards_are_disjoint_and_cover_the_epoch():
+    source = grain_pipeline.ArraySource(np.zeros((50, 2, 2, 3), np.uint8), np.zeros(50))
+    shards = [
+        [grain_pipeline.TrainExamples(source, None, 0, p, 3).record(k) for k in range(16)]
+        for p in range(3)
+    ]
+    union = set().union(*map(set, shards))
+    assert [len(set(s)) for s in shards] == [16, 16, 16] and len(union) == 48  # 50 % 3 dropped.
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.9])
+def test_resume_gives_the_same_batches_and_reads_nothing_before(photos, monkeypatch, fraction):
+    config = _folder(photos)
+    whole = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=1, **ONE)
+    step = int(fraction * 10)  # 40 images, 10 batches an epoch.
+    for _ in range(step):
+        next(whole)
+    state = whole.get_state()
+    assert state["next_batch"] == step and state["epoch_offset"] == step * 4
+    read = []
+    counting = grain_pipeline.TrainExamples.__call__
+    monkeypatch.setattr(
+        grain_pipeline.TrainExamples, "__call__", lambda s, k: read.append(k) or counting(s, k)
+    )
+    resumed = grain_pipeline.create_train_iterator(
+        config, global_batch_size=4, seed=1, state=state, **ONE
+    )
+    for _ in range(12):  # Into the next epoch.
+        a, b = next(whole), next(resumed)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        np.testing.assert_array_equal(a["label"], b["label"])
+    assert min(read) == step * 4  # No example before the resume position was read.
+
+
+def test_worker_processes_give_the_same_batches(photos):
+    config = _folder(photos)
+    inline = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **ONE)
+    config.workers = 2
+    workers = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **ONE)
+    for _ in range(3):
+        np.testing.assert_array_equal(next(inline)["image"], next(workers)["image"])
+
+
+def test_a_broken_image_is_replaced_in_training_and_masked_in_eval(tmp_path):
+    root = write_digits_folder(tmp_path / "d", per_class=2, image_size=12)
+    buffer = io.BytesIO()
+    noise = np.random.default_rng(0).integers(0, 255, (60, 80, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(buffer, "JPEG")
+    data = buffer.getvalue()
+    (root / "3" / "zz_truncated.jpg").write_bytes(data[: len(data) // 2])  # Header passes.
+    config = _folder(root, image_size=12, eval_folder=str(root))
+    batches = grain_pipeline.create_train_iterator(config, global_batch_size=21, seed=0, **ONE)
+    assert next(batches)["image"].shape == (21, 12, 12, 3)  # The whole epoch, one replaced.
+    evaluated = list(grain_pipeline.create_eval_iterator(config, global_batch_size=8, **ONE))
+    masks = np.concatenate([b["mask"] for b in evaluated])
+    assert len(masks) == 24 and masks.sum() == 20  # 21 files, one broken, 3 padding.
+
+
+def test_eval_pixels_are_predicts_and_within_one_of_tfdata(photos, tmp_path):
+    config = _folder(photos, image_size=24, eval_fraction=0.25)
+    ours = np.concatenate(
+        [
+            b["image"]
+            for b in grain_pipeline.create_eval_iterator(config, global_batch_size=4, **ONE)
+        ]
+    )
+    _, held = pipeline.folder_indices(config)
+    preset = pipeline.presets.data_preset(pipeline.with_defaults(config))
+    assert ours.shape == (8, 24, 24, 3)
+    for image, file in zip(ours, held.files, strict=True):
+        np.testing.assert_array_equal(image, images.pixels(images.load_rgb(file), preset))
+    # Lossless files (TF's and Pillow's JPEG decoders differ by a few levels): tf.data's pixels.
+    pngs = _folder(write_digits_folder(tmp_path, per_class=2, image_size=20), eval_fraction=0.5)
+    pngs.image_size = 16
+    grain_batches = grain_pipeline.create_eval_iterator(pngs, global_batch_size=4, **ONE)
+    tf_batches = pipeline.create_eval_iterator(pngs, global_batch_size=4, **ONE)
+    ours = np.concatenate([b["image"] for b in grain_batches]).astype(int)
+    theirs = np.concatenate([b["image"] for b in tf_batches]).astype(int)
+    tf_order = np.random.default_rng(sources._FILE_ORDER_SEED).permutation(10)  # tf.data's mix.
+    assert ours.shape == theirs.shape == (12, 16, 16, 3)
+    assert np.abs(ours[:10][tf_order] - theirs[:10]).max() <= 1
+
+
+def test_crop_windows_keep_area_and_aspect_ratio_and_large_ones_decode_scaled(monkeypatch):
+    rng = np.random.default_rng(0)
+    boxes = np.array([grain_pipeline.inception_window(500, 375, rng, 0.08) for _ in range(500)])
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (w * h >= 0.079 * 500 * 375).all() and (w / h).min() > 0.74 and (w / h).max() < 1.35
+    drafts, draft = [], JpegImagePlugin.JpegImageFile.draft
+    monkeypatch.setattr(
+        JpegImagePlugin.JpegImageFile,
+        "draft",
+        lambda self, mode, size: drafts.append(size) or draft(self, mode, size),
+    )
+    buffer = io.BytesIO()
+    Image.new("RGB", (800, 600), (10, 20, 30)).save(buffer, "JPEG")
+    out = grain_pipeline.decode_crop(
+        buffer.getvalue(), 64, np.random.default_rng(0), min_area=0.9, resample=2
+    )
+    assert out.size == (64, 64) and len(drafts) == 1  # A 570+ px window: at least 1/2 scale.
+
+
+def test_a_folder_is_scanned_once_per_process_and_then_read_from_the_workdir(
+    photos, tmp_path, monkeypatch
+):
+    scans = []
+    scan = folder.scan_folder
+    monkeypatch.setattr(folder, "scan_folder", lambda *a, **k: scans.append(a) or scan(*a, **k))
+    folder._scanned.clear()
+    config = _folder(photos, eval_fraction=0.25)
+    info = pipeline.get_dataset_info(config, cache_dir=str(tmp_path))
+    assert not list(tmp_path.iterdir())  # Setup reads the workdir only.
+    at = {"cache_dir": str(tmp_path), **ONE}
+    next(grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **at))
+    list(grain_pipeline.create_eval_iterator(config, global_batch_size=4, **at))
+    list(grain_pipeline.create_eval_iterator(config, global_batch_size=4, **at))
+    assert len(scans) == 1 and (info.num_train, info.num_eval) == (32, 8)
+    assert len(list(tmp_path.glob(f"{folder.INDEX_FILE_PREFIX}*.json"))) == 1
+    folder._scanned.clear()  # A new process: the workdir's index, no scan.
+    assert pipeline.get_dataset_info(config, cache_dir=str(tmp_path)) == info
+    assert len(scans) == 1
+
+
+def test_the_grain_pipeline_runs_without_tensorflow(photos, tmp_path):
+    blocker = tmp_path / "site"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['tensorflow'] = None  # import tensorflow raises ImportError\n"
+    )
+    driver = textwrap.dedent(f"""
+        import sys
+        from resnet_jax.data import grain_pipeline, pipeline
+        datasets = ({{"dataset": "digits"}}, {{"dataset": "folder", "folder": {str(photos)!r}}})
+        if __name__ == "__main__":
+            for fields in datasets:
+                config = pipeline.default_data_config()
+                config.update({{"image_size": 16, "workers": 1, **fields}})
+                it = grain_pipeline.create_train_iterator(
+                    config, global_batch_size=4, seed=0, process_index=0, process_count=1)
+                print(fields["dataset"], next(it)["image"].shape)
+            try:
+                import tensorflow
+            except ImportError:
+                print("no tensorflow")
+    """)
+    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+    result = subprocess.run(
+        [sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.split("\n")
+    assert lines[:3] == ["digits (4, 16, 16, 3)", "folder (4, 16, 16, 3)", "no tensorflow"]
+
+
+def test_a_tfds_array_record_build_is_read_through_data_source(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from tests.tfds_tiny import TinyPhotos
+
+    builder = TinyPhotos(data_dir=str(tmp_path), file_format="array_record")
+    builder.download_and_prepare()
+    config = _config(dataset="tiny_photos", data_dir=str(tmp_path), image_size=8)
+    assert grain_pipeline.uses_grain(config)
+    source = grain_pipeline.make_source(config, train=True)
+    assert isinstance(source, grain_pipeline.TfdsSource) and len(source) == 12
+    data, _, _ = source[5]
+    assert isinstance(data, bytes) and data[:3] == b"\xff\xd8\xff"  # Encoded, as stored.
+    assert sorted(source[i][1] for i in range(12)) == [0] * 6 + [1] * 6
+    it = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **ONE)
+    assert next(it)["image"].shape == (4, 8, 8, 3)
+    evaluated = list(grain_pipeline.create_eval_iterator(config, global_batch_size=3, **ONE))
+    assert sum(b["mask"].sum() for b in evaluated) == 4
+    tfrecord = TinyPhotos(data_dir=str(tmp_path / "tfrecord"))
+    tfrecord.download_and_prepare()
+    config.data_dir = str(tmp_path / "tfrecord")
+    assert not grain_pipeline.uses_grain(config)  # Kept on tf.data, with the conversion hint.
+
+
+def test_the_benchmark_measures_scans_and_cpu_per_image_in_tiny_mode(tmp_path):
+    from benchmarks import grain_bench
+
+    record = grain_bench.main(["--tiny", f"--root={tmp_path}", "--parts=scan,cpu"])
+    assert record["scan_files"] == 50 and record["scan_s"] > 0 and record["scan_cached_s"] >= 0
+    assert record["grain_cpu_ms_per_image"] > 0 and record["tfdata_cpu_ms_per_image"] > 0
+    photos = sorted((tmp_path / "photos").rglob("*.jpg"))
+    assert len(photos) == 40 and Image.open(photos[0]).size == (500, 375)
+
+
+def test_an_unknown_pipeline_is_refused_naming_the_choices():
+    with pytest.raises(ValueError, match="Unknown data.pipeline 'torch'; expected one of grain, "):
+        grain_pipeline.uses_grain(_config(dataset="digits", pipeline="torch"))
+    assert grain_pipeline.uses_grain(_config(dataset="digits"))
+    assert not grain_pipeline.uses_grain(_config(dataset="digits", pipeline="tfdata"))
