@@ -44,10 +44,12 @@ def build_model(
     *,
     parallel: par.DataParallel | None = None,
     dtype: str | None = None,
+    backend: str | None = None,
 ) -> ResNet:
     """The architecture of a complete config (``spec.config``, or ``spec.complete`` of a
     config.json) for ``num_classes``: float32 parameters, compute in ``dtype`` (default
-    ``config.dtype``), BatchNorm over ``parallel``'s devices (None: one device, inference)."""
+    ``config.dtype``), BatchNorm over ``parallel``'s devices (None: one device, inference),
+    the convolution of ``backend`` (default ``config.backend``)."""
     settings = {
         "num_classes": num_classes,
         "dtype": jnp.dtype(dtype or config.dtype),
@@ -56,7 +58,7 @@ def build_model(
         "space_to_depth": config.model.space_to_depth,
         "remat": config.model.remat,
         "drop_path_rate": config.model.drop_path_rate,
-        "conv_general_dilated": backend_of(config, parallel).conv_general_dilated,
+        "conv_general_dilated": backend_of(config, parallel, backend).conv_general_dilated,
         **config.model.kwargs.to_dict(),  # Any ResNet attribute, these included.
     }
     return create_model(
@@ -64,13 +66,16 @@ def build_model(
     )
 
 
-def backend_of(config: Any, parallel: par.DataParallel | None = None) -> backends.Backend:
-    """``config.backend`` for the run's devices; a ConfigError naming the fix if it cannot be."""
+def backend_of(
+    config: Any, parallel: par.DataParallel | None = None, name: str | None = None
+) -> backends.Backend:
+    """``config.backend`` (or ``name``) for the run's devices; a ConfigError naming the fix if
+    it cannot be."""
     from resnet_jax.training.validate import ConfigError
 
     platform = (parallel.devices if parallel else jax.devices())[0].platform
     try:
-        return backends.get_backend(config.get("backend", "xla"), platform)
+        return backends.get_backend(name or config.get("backend", "xla"), platform)
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
@@ -78,9 +83,7 @@ def backend_of(config: Any, parallel: par.DataParallel | None = None) -> backend
 def model_from_config(config: Any, num_classes: int) -> ResNet:
     """A recorded run's architecture (a config.json, however old) in float32 on one device
     (no BN axes), for inference: the plain model, whatever backend trained it."""
-    config = run_spec.complete(config).copy_and_resolve_references()
-    config.backend = "xla"
-    return build_model(config, num_classes, dtype="float32")
+    return build_model(run_spec.complete(config), num_classes, dtype="float32", backend="xla")
 
 
 def preset_from_config(config: Any) -> Preset:
