@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from resnet_jax.data import augment, pipeline, presets
+from resnet_jax.data import augment, grain_pipeline, pipeline, presets
 from resnet_jax.models import model_spec
 from resnet_jax.training import optim, validate
 
@@ -52,9 +52,6 @@ def default_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"
 
     config.data = pipeline.default_data_config()
-    # Host augmentation of training images (resnet_jax.data.augment): '' none, timm's RandAugment
-    # ('rand-m7-mstd0.5-inc1', RSB A1/A2) or 'ta_wide' (TrivialAugmentWide).
-    config.data.auto_augment = ""
     config.data.random_erase_prob = 0.0  # Random Erasing of a box per image, on the device.
 
     config.batch_size = 256  # Global, over all devices and hosts.
@@ -198,8 +195,8 @@ class RunSpec:
 
 
 def eval_preset(config: Any) -> presets.Preset:
-    """The eval preprocessing of a complete config: resize image_size / crop_pct and center-crop
-    image_size (or squash to image_size for eval_preprocess 'resize'), its normalisation."""
+    """The eval preprocessing of a complete config: resize the eval size (data.eval_image_size, or
+    image_size) / crop_pct and center-crop it (or squash to it for eval_preprocess 'resize')."""
     preset = presets.data_preset(config.data)
     if config.data.eval_preprocess == "resize":
         preset = dataclasses.replace(preset, resize=preset.crop, resize_mode="squash")
@@ -315,6 +312,24 @@ def check_recipe(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise validate.ConfigError("Invalid training recipe:\n  - " + "\n  - ".join(errors))
 
 
+def check_augment_pipeline(data: ml_collections.ConfigDict, *, open_tfds: bool) -> None:
+    """Raises ConfigError when data.auto_augment is set but the run's input pipeline is not
+    Grain's, the only one that applies it; a TFDS build's file format is looked at only when
+    ``open_tfds``."""
+    if data.auto_augment in ("", "none") or (
+        data.pipeline == "grain"
+        and data.dataset != "synthetic"
+        and (not open_tfds or grain_pipeline.uses_grain(data))
+    ):
+        return
+    raise validate.ConfigError(
+        f"data.auto_augment={data.auto_augment!r} is applied by the Grain input pipeline only, "
+        f"which this run does not use (data.pipeline={data.pipeline!r}, data.dataset="
+        f"{data.dataset!r}): set data.pipeline='grain' (TFDS datasets must be stored as "
+        "ArrayRecord for it), or data.auto_augment='' to train without it."
+    )
+
+
 def source_data_fields(config: ml_collections.ConfigDict) -> dict[str, Any]:
     """The data fields that ``data.preset='init_from'`` stands for (none without it); warns when
     the configured normalisation is not the one the ``init_from`` weights were fed."""
@@ -357,11 +372,13 @@ def resolve(
     check_recipe(complete_config, num_devices)
     resolved = complete_config.as_configdict()
     resolved.data.update(source_data_fields(complete_config))
-    if dataset_info is None:
+    read = dataset_info is None
+    if read:
         try:
             dataset_info = pipeline.get_dataset_info(resolved.data, cache_dir=cache_dir)
         except (ValueError, FileNotFoundError) as e:
             raise validate.ConfigError(f"data ({resolved.data.dataset!r}): {e}") from e
+    check_augment_pipeline(resolved.data, open_tfds=read)
     steps_per_epoch = dataset_info.num_train // resolved.batch_size
     total_steps = resolved.num_train_steps
     if total_steps <= 0:

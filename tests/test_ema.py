@@ -114,12 +114,15 @@ def test_eval_reports_the_ema_beside_the_raw_weights(ema_run):
     assert len(rows) == 2 and all('"ema_top1"' in row for row in rows)
 
 
-def test_a_run_with_ema_and_mixup_killed_by_sigkill_resumes_exactly(tmp_path):
+def test_a_run_with_ema_mixup_and_randaugment_killed_by_sigkill_resumes_exactly(tmp_path):
     flags = (
         "--config.num_train_steps=8",
         "--config.ema_decay=0.9",
         "--config.mixup_alpha=0.2",
         "--config.cutmix_alpha=1.0",
+        "--config.data.dataset=digits",  # Grain's pipeline, which applies auto_augment.
+        "--config.data.workers=0",
+        "--config.data.auto_augment=rand-m9-mstd0.5-inc1",
     )
     straight = Run(tmp_path, tmp_path / "straight", delay=0.0, flags=flags)
     assert straight.finish() == 0, "\n".join(straight.log[-40:])

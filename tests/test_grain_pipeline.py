@@ -11,9 +11,10 @@ import pytest
 from PIL import Image, JpegImagePlugin
 
 from resnet_jax import images
-from resnet_jax.data import folder, grain_pipeline, pipeline, sources, write_digits_folder
+from resnet_jax.data import augment, folder, grain_pipeline, pipeline, sources, write_digits_folder
 
 ONE = {"process_index": 0, "process_count": 1}
+RANDAUGMENT = "rand-m9-mstd0.5-inc1"
 
 
 def _config(**fields):
@@ -68,9 +69,11 @@ def test_process_shards_are_disjoint_and_cover_the_epoch():
     assert [len(set(s)) for s in shards] == [16, 16, 16] and len(union) == 48  # 50 % 3 dropped.
 
 
-@pytest.mark.parametrize("fraction", [0.1, 0.9])
-def test_resume_gives_the_same_batches_and_reads_nothing_before(photos, monkeypatch, fraction):
-    config = _folder(photos)
+@pytest.mark.parametrize("fraction, auto_augment", [(0.1, ""), (0.9, ""), (0.9, RANDAUGMENT)])
+def test_resume_gives_the_same_batches_and_reads_nothing_before(
+    photos, monkeypatch, fraction, auto_augment
+):
+    config = _folder(photos, auto_augment=auto_augment)
     whole = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=1, **ONE)
     step = int(fraction * 10)  # 40 images, 10 batches an epoch.
     for _ in range(step):
@@ -92,8 +95,27 @@ def test_resume_gives_the_same_batches_and_reads_nothing_before(photos, monkeypa
     assert min(read) == step * 4  # No example before the resume position was read.
 
 
+def test_auto_augment_acts_on_the_cropped_flipped_image_with_the_examples_rng(photos):
+    config = _folder(photos, auto_augment=RANDAUGMENT)
+    batches = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=5, **ONE)
+    got = np.concatenate([next(batches)["image"] for _ in range(3)])
+    source = grain_pipeline.make_source(config, train=True)
+    plain = grain_pipeline.TrainExamples(
+        source, grain_pipeline.TrainTransform(_folder(photos)), seed=5, index=0, count=1
+    )
+    randaugment = augment.make_train_augment(RANDAUGMENT)
+    changed = 0
+    for k in range(12):
+        rng = np.random.default_rng([5, k])  # The example's generator: crop, flip, then this.
+        cropped = plain.transform(source[plain.record(k)][0], rng)
+        np.testing.assert_array_equal(got[k], randaugment(cropped, rng))
+        np.testing.assert_array_equal(cropped, plain(k)["image"])
+        changed += not np.array_equal(got[k], cropped)
+    assert changed >= 6  # Two ops at p=0.5 leave about one image in four unchanged.
+
+
 def test_worker_processes_give_the_same_batches(photos):
-    config = _folder(photos)
+    config = _folder(photos, auto_augment=RANDAUGMENT)  # Also picklable with augmentation.
     inline = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **ONE)
     config.workers = 2
     workers = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **ONE)
@@ -139,6 +161,13 @@ def test_eval_pixels_are_predicts_and_within_one_of_tfdata(photos, tmp_path):
     tf_order = np.random.default_rng(sources._FILE_ORDER_SEED).permutation(10)  # tf.data's mix.
     assert ours.shape == theirs.shape == (12, 16, 16, 3)
     assert np.abs(ours[:10][tf_order] - theirs[:10]).max() <= 1
+
+
+def test_eval_batches_and_their_padding_have_the_eval_image_size(photos):
+    config = _folder(photos, eval_fraction=0.25, eval_image_size=24)  # Trained at 16 px.
+    batches = list(grain_pipeline.create_eval_iterator(config, global_batch_size=3, **ONE))
+    assert [b["image"].shape for b in batches] == [(3, 24, 24, 3)] * 3
+    assert [b["mask"].sum() for b in batches] == [3, 3, 2]  # 8 held-out images, 1 padding.
 
 
 def test_crop_windows_keep_area_and_aspect_ratio_and_large_ones_decode_scaled(monkeypatch):

@@ -133,7 +133,8 @@ def test_several_problems_are_reported_together():
 def test_the_rsb_recipes_build_lamb_bce_mixing_drop_path_and_no_ema():
     a1, a3 = (resolve(load_config(f"imagenet_resnet50_rsb_{n}")) for n in ("a1", "a3"))
     assert a1.total_steps == 600 * (1_281_167 // 2048) and a3.config.data.image_size == 160
-    assert a1.warmup_steps == 5 * 625 and (a3.preset.crop, a3.preset.resize) == (160, 168)
+    # A3 trains at 160 px and is evaluated as timm's resnet50.a3_in1k: 224 px, crop 0.95.
+    assert a1.warmup_steps == 5 * 625 and (a3.preset.crop, a3.preset.resize) == (224, 235)
     built = build(a1)
     assert built.model.drop_path_rate == 0.05 and build(a3).model.drop_path_rate == 0.0
     assert built.ema_decay is None and built.augment_fn is not None
@@ -167,6 +168,21 @@ def test_recipe_fields_are_refused_naming_each_field():
     config.loss = "hinge"
     with pytest.raises(ConfigError, match=r"loss='hinge' is not one of \('softmax_ce', 'bce'\)"):
         resolve(config)
+
+
+def test_auto_augment_off_the_grain_pipeline_is_refused_naming_the_fix():
+    config = load_config("imagenet_resnet50_rsb_a3")
+    config.data.pipeline = "tfdata"
+    with pytest.raises(ConfigError) as error:
+        resolve(config)
+    assert str(error.value) == (
+        "data.auto_augment='rand-m6-mstd0.5-inc1' is applied by the Grain input pipeline only, "
+        "which this run does not use (data.pipeline='tfdata', data.dataset='imagenet2012'): set "
+        "data.pipeline='grain' (TFDS datasets must be stored as ArrayRecord for it), or "
+        "data.auto_augment='' to train without it."
+    )
+    config.data.auto_augment = ""
+    assert resolve(config).config.data.pipeline == "tfdata"
 
 
 def test_fine_tuning_settings_are_refused_naming_field_and_fix():

@@ -152,3 +152,20 @@ def test_a_damaged_config_json_is_named_and_nothing_changes(tmp_path):
     with pytest.raises(ConfigError, match=r"config.json is not readable JSON .* new --workdir"):
         train_and_evaluate(tiny_config(), str(workdir))
     assert tree_digest(workdir) == before
+
+
+def test_turning_the_ema_on_over_checkpoints_without_one_is_refused_once(finished):
+    workdir = finished[0]
+    before = tree_digest(workdir)
+    for allow in (False, True):  # Even when config changes are allowed: no EMA to restore.
+        config = tiny_config(ema_decay=0.9, eval_every_steps=TINY_STEPS, restore_fallback=True)
+        config.allow_config_change = allow
+        with pytest.raises(ConfigError) as error:
+            train_and_evaluate(config, str(workdir))
+        assert str(error.value) == (
+            f"ema_decay=0.9 asks for a weight EMA, but the checkpoints in {workdir}/checkpoints "
+            "(step 6) were written without one (ema_decay=0), so there is none to resume. Rerun "
+            "with --config.ema_decay=0 to continue this run, or use a new --workdir to train "
+            "with an EMA from the start; nothing was changed."
+        )
+        assert tree_digest(workdir) == before  # Nothing renamed as unreadable, nothing written.

@@ -2,10 +2,11 @@
 
 Training: example ``k`` of process ``p`` (of ``P``) is in epoch ``e = k // m`` (``m`` examples
 per process and epoch) at place ``k % m`` of the process's slice of a full permutation of the
-dataset seeded by (seed, e); its crop and flip are seeded by (seed, k * P + p). A batch is thus
-a function of its position, and the iterator's state is that position: resuming opens the
-stream there and reads nothing before it. Records that cannot be decoded are replaced by the
-next good record of the same epoch slice, so epochs keep their length and resuming stays exact.
+dataset seeded by (seed, e); its crop, flip and ``auto_augment`` are seeded by (seed,
+k * P + p). A batch is thus a function of its position, and the iterator's state is that
+position: resuming opens the stream there and reads nothing before it. Records that cannot be
+decoded are replaced by the next good record of the same epoch slice, so epochs keep their
+length and resuming stays exact.
 
 Decoding uses Pillow: the Inception crop window is chosen from the header, JPEGs are decoded
 DCT-scaled (``Image.draft``) when the window is at least twice the output size, and the crop,
@@ -33,7 +34,7 @@ from etils import epath
 from PIL import Image
 
 from resnet_jax import images
-from resnet_jax.data import digits, pipeline, presets, shards
+from resnet_jax.data import augment, digits, pipeline, presets, shards
 
 _PERMUTATION_TAG = 1  # Keeps the epoch permutations' seeds apart from the examples' seeds.
 _ENDLESS_EPOCHS = 1 << 20  # Stream length in epochs: endless for any run.
@@ -180,8 +181,12 @@ def _finish(pixels: np.ndarray, preset: presets.Preset, image_dtype: str) -> np.
     return np.asarray(presets.normalize(pixels.astype(np.float32), preset), np.float32)
 
 
+_augment = functools.lru_cache(maxsize=4)(augment.make_train_augment)  # Built once per worker.
+
+
 class TrainTransform:
-    """(record, rng) -> (S, S, 3) image for ``config.train_preprocess``; picklable."""
+    """(record, rng) -> (S, S, 3) image for ``config.train_preprocess``, then
+    ``config.auto_augment`` on the cropped and flipped image (timm's order); picklable."""
 
     def __init__(self, config: Any):
         presets.check_choice("train_preprocess", config.train_preprocess, presets.TRAIN_PREPROCESS)
@@ -189,7 +194,7 @@ class TrainTransform:
         self.preset = presets.data_preset(config)
         self.kind, self.size = config.train_preprocess, int(config.image_size)
         self.min_area, self.flip = float(config.min_area), bool(config.flip)
-        self.image_dtype = config.image_dtype
+        self.image_dtype, self.auto_augment = config.image_dtype, config.auto_augment
         self.resample = images.FILTERS[self.preset.interpolation]
 
     def __call__(self, data: Any, rng: np.random.Generator) -> np.ndarray:
@@ -206,7 +211,8 @@ class TrainTransform:
                 img = Image.fromarray(padded[y : y + size, x : x + size])
         if self.flip and rng.random() < 0.5:
             img = img.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        return _finish(np.asarray(img), self.preset, self.image_dtype)
+        pixels = _augment(self.auto_augment)(np.asarray(img), rng)
+        return _finish(pixels, self.preset, self.image_dtype)
 
 
 class EvalTransform:
@@ -381,7 +387,8 @@ def create_eval_iterator(
     source = make_source(config, train=False, cache_dir=cache_dir)
     start, stop = shards.even_shard(len(source), index, count)
     num_batches = shards.num_eval_batches(len(source), count, local_batch)
-    examples = EvalExamples(source, EvalTransform(config), start, stop, int(config.image_size))
+    transform = EvalTransform(config)
+    examples = EvalExamples(source, transform, start, stop, transform.preset.crop)
     ds = grain.MapDataset.range(num_batches * local_batch).map(examples)
     return iter(_loader(ds.batch(local_batch, drop_remainder=True), _workers(config)))
 

@@ -62,10 +62,11 @@ def default_data_config() -> ml_collections.ConfigDict:
     c.eval_fraction = 0.1  # 'folder': fixed per-class hold-out fraction when no eval_folder.
     # 'header' opens each image's header once per folder; 'full' also decodes every image.
     c.folder_check = "header"
-    c.image_size = 224  # Square model input, train and eval.
+    c.image_size = 224  # Square model input in training, and in evaluation by default.
+    c.eval_image_size = 0  # Eval input (center crop) size; 0 = image_size (RSB A3: 160 -> 224).
     c.train_preprocess = "inception_crop"  # 'inception_crop' | 'cifar_crop' (pad 4) | 'resize'.
     c.eval_preprocess = "center_crop"  # 'center_crop' (resize image_size / crop_pct) | 'resize'.
-    c.crop_pct = 0.875  # Eval crop fraction: resize the short side to image_size / crop_pct.
+    c.crop_pct = 0.875  # Eval crop fraction: resize the short side to the eval size / crop_pct.
     c.min_area = 0.08  # Smallest crop area fraction for 'inception_crop'.
     c.interpolation = "bilinear"  # One of presets.INTERPOLATIONS.
     c.mean = presets.IMAGENET_MEAN  # RGB mean in [0, 1] units.
@@ -77,6 +78,10 @@ def default_data_config() -> ml_collections.ConfigDict:
     # to copy to the devices, normalised there by the steps (the accelerator recipes use it).
     c.image_dtype = "float32"
     c.flip = True  # Random horizontal flips in training.
+    # Host augmentation of training images after the crop and flip, seeded per example (Grain
+    # only; resnet_jax.data.augment): '' none, timm's RandAugment ('rand-m7-mstd0.5-inc1', RSB
+    # A1/A2) or 'ta_wide' (TrivialAugmentWide).
+    c.auto_augment = ""
     # 'grain': random-access sources, a new permutation every epoch, Pillow in worker
     # processes, resumed without replay, no TensorFlow. 'tfdata': the tf.data pipeline
     # (TFDS files read in order through shuffle_buffer; resuming skips up to an epoch).
@@ -146,7 +151,7 @@ def _synthetic(config: Any, train: bool, seed: int) -> synthetic.SyntheticData:
     return synthetic.SyntheticData.create(
         num_examples=int(config.synthetic_size if train else config.synthetic_eval_size),
         num_classes=int(config.num_classes),
-        image_size=int(config.image_size),
+        image_size=int(config.image_size) if train else presets.data_preset(config).crop,
         seed=seed if train else seed + 1,
         dtype=str(config.image_dtype),
     )
@@ -343,7 +348,7 @@ def create_eval_iterator(
         ex = source.load(ex) if source.load else ex
         return {"image": transform(ex["image"]), "label": ex["label"], "mask": tf.constant(1.0)}
 
-    size = int(config.image_size)
+    size = presets.data_preset(config).crop
     pad = {
         "image": tf.zeros([size, size, 3], tf.as_dtype(config.image_dtype)),
         "label": tf.constant(0, tf.int32),

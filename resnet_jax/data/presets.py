@@ -104,10 +104,11 @@ def get_preset(name: str) -> Preset:
 def data_preset(data: Any) -> Preset:
     """The eval resize/crop/normalisation of a training data config (``config.data``).
 
-    With ``data.preset`` set, that preset decides, its resize/crop ratio scaled to
-    ``image_size``; otherwise ``crop_pct``, ``interpolation``, ``mean`` and ``std`` do.
+    With ``data.preset`` set, that preset decides, its resize/crop ratio scaled to the eval
+    size (``eval_image_size``, or ``image_size`` when 0 or absent); otherwise ``crop_pct``,
+    ``interpolation``, ``mean`` and ``std`` do.
     """
-    size = int(data.image_size)
+    size = int(data.get("eval_image_size") or data.image_size)
     if data.get("preset"):
         p = get_preset(data.preset)
         resize_size = size * p.resize // p.crop if p.crop != size else p.resize

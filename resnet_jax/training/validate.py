@@ -93,11 +93,14 @@ def check_config(
     if config.model.name in list_models():
         kwargs = {**model_spec(config.model.name).kwargs, **config.model.kwargs.to_dict()}
         smallest = min_image_size(kwargs)
-        if config.data.image_size < smallest:
-            errors.append(
-                f"data.image_size={config.data.image_size} is too small for "
-                f"{config.model.name!r}: its stride-2 stages need at least {smallest} px."
-            )
+        for field in ("image_size", "eval_image_size"):
+            size = config.data[field]
+            if size < smallest and (size or field == "image_size"):
+                errors.append(
+                    f"data.{field}={size} is too small for {config.model.name!r}: its stride-2 "
+                    f"stages need at least {smallest} px"
+                    + (" (0 evaluates at image_size)." if field == "eval_image_size" else ".")
+                )
     if errors:
         raise ConfigError("Invalid config:\n  - " + "\n  - ".join(errors))
 

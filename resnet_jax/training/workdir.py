@@ -210,6 +210,13 @@ def _restore(
             meta, model_name=config.model.name, fingerprint=fingerprint, where=ckpt.directory
         )
         where = f"{ckpt.directory} (step {meta.get('step')})"
+        if config.ema_decay > 0 and not meta.get("config", {}).get("ema_decay"):
+            raise ConfigError(
+                f"ema_decay={config.ema_decay} asks for a weight EMA, but the checkpoints in "
+                f"{where} were written without one (ema_decay=0), so there is none to resume. "
+                "Rerun with --config.ema_decay=0 to continue this run, or use a new --workdir "
+                "to train with an EMA from the start; nothing was changed."
+            )
         check_unchanged(meta.get("config", {}), config, where=where)
         data = meta.get("data", {})
         if data.get("seed") != config.seed or data.get("global_batch_size") != config.batch_size:
