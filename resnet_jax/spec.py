@@ -52,7 +52,6 @@ def default_config() -> ml_collections.ConfigDict:
     config.dtype = "float32"
 
     config.data = pipeline.default_data_config()
-    config.data.random_erase_prob = 0.0  # Random Erasing of a box per image, on the device.
 
     config.batch_size = 256  # Global, over all devices and hosts.
     config.eval_batch_size = 256

@@ -82,6 +82,7 @@ def default_data_config() -> ml_collections.ConfigDict:
     # only; resnet_jax.data.augment): '' none, timm's RandAugment ('rand-m7-mstd0.5-inc1', RSB
     # A1/A2) or 'ta_wide' (TrivialAugmentWide).
     c.auto_augment = ""
+    c.random_erase_prob = 0.0  # Random Erasing of a box per image, on the device (train step).
     # 'grain': random-access sources, a new permutation every epoch, Pillow in worker
     # processes, resumed without replay, no TensorFlow. 'tfdata': the tf.data pipeline
     # (TFDS files read in order through shuffle_buffer; resuming skips up to an epoch).
