@@ -40,11 +40,33 @@ def test_importing_the_data_package_does_not_import_tensorflow():
 
 def test_default_config_lists_every_field_the_pipeline_reads():
     config = pipeline.default_data_config()
-    for field in ("dataset", "data_dir", "folder", "eval_folder", "train_split", "eval_split",
-                  "image_size", "train_preprocess", "eval_preprocess", "crop_pct", "min_area",
-                  "interpolation", "mean", "std", "preset", "flip", "shuffle_buffer", "cache",
-                  "num_parallel_calls", "prefetch", "private_threads", "num_classes",
-                  "synthetic_size", "image_dtype", "deterministic"):
+    for field in (
+        "dataset",
+        "data_dir",
+        "folder",
+        "eval_folder",
+        "train_split",
+        "eval_split",
+        "image_size",
+        "train_preprocess",
+        "eval_preprocess",
+        "crop_pct",
+        "min_area",
+        "interpolation",
+        "mean",
+        "std",
+        "preset",
+        "flip",
+        "shuffle_buffer",
+        "cache",
+        "num_parallel_calls",
+        "prefetch",
+        "private_threads",
+        "num_classes",
+        "synthetic_size",
+        "image_dtype",
+        "deterministic",
+    ):
         assert field in config
 
 
@@ -155,9 +177,11 @@ def test_eval_gives_every_example_exactly_once_across_two_processes():
     config = _digits_config()
     n = digits.num_examples("eval")  # 359, not a multiple of the batch of 2 x 16.
     per_process = [
-        list(pipeline.create_eval_iterator(
-            config, global_batch_size=32, process_index=p, process_count=2
-        ))
+        list(
+            pipeline.create_eval_iterator(
+                config, global_batch_size=32, process_index=p, process_count=2
+            )
+        )
         for p in range(2)
     ]
     assert len(per_process[0]) == len(per_process[1]) == 12  # ceil(ceil(359 / 2) / 16)
@@ -165,9 +189,11 @@ def test_eval_gives_every_example_exactly_once_across_two_processes():
         for b in batches:
             assert b["image"].shape == (16, 16, 16, 3) and b["mask"].dtype == np.float32
             assert set(np.unique(b["mask"])) <= {0.0, 1.0}
-    single = list(pipeline.create_eval_iterator(
-        config, global_batch_size=32, process_index=0, process_count=1
-    ))
+    single = list(
+        pipeline.create_eval_iterator(
+            config, global_batch_size=32, process_index=0, process_count=1
+        )
+    )
     one_images, one_labels = _masked_in(single)
     images0, labels0 = _masked_in(per_process[0])
     images1, labels1 = _masked_in(per_process[1])

@@ -57,8 +57,14 @@ def test_parameter_count_equals_reference(name, expected):
 
 @pytest.mark.parametrize(
     "name, expected",
-    [("resnet50_v1", 25_636_712), ("resnet101_v1", 44_707_176), ("resnet152_v1", 60_419_944),
-     ("resnet50_v2", 25_613_800), ("resnet101_v2", 44_675_560), ("resnet152_v2", 60_380_648)],
+    [
+        ("resnet50_v1", 25_636_712),
+        ("resnet101_v1", 44_707_176),
+        ("resnet152_v1", 60_419_944),
+        ("resnet50_v2", 25_613_800),
+        ("resnet101_v2", 44_675_560),
+        ("resnet152_v2", 60_380_648),
+    ],
 )
 def test_keras_count_includes_bn_moving_statistics(name, expected):
     variables, _ = shapes(create_model(name), 224)
@@ -120,8 +126,9 @@ def test_stage_feature_shapes(name, size, expected):
     assert feats["logits"].shape == (1, model.num_classes)
 
 
-@pytest.mark.parametrize("pooling, expected", [("avg", (1, 2048)), ("max", (1, 2048)),
-                                               (None, (1, 7, 7, 2048))])
+@pytest.mark.parametrize(
+    "pooling, expected", [("avg", (1, 2048)), ("max", (1, 2048)), (None, (1, 7, 7, 2048))]
+)
 def test_headless_backbone_pooling(pooling, expected):
     _, out = shapes(create_model("resnet50", include_top=False, pooling=pooling), 224)
     assert out.shape == expected
@@ -143,8 +150,19 @@ def test_full_size_resnet50_forward_is_finite_and_deterministic():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
-@pytest.mark.parametrize("name", ["resnet18", "resnet50", "resnet50_v1", "resnet50_v2",
-                                  "resnet50d", "resnext50_32x4d", "resnet20", "plain20"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "resnet18",
+        "resnet50",
+        "resnet50_v1",
+        "resnet50_v2",
+        "resnet50d",
+        "resnext50_32x4d",
+        "resnet20",
+        "plain20",
+    ],
+)
 def test_train_mode_updates_batch_stats_and_eval_mode_does_not(name):
     model = tiny(name)
     x = jax.random.normal(jax.random.key(1), (4, 32, 32, 3))
@@ -152,8 +170,10 @@ def test_train_mode_updates_batch_stats_and_eval_mode_does_not(name):
     _, train_state = model.apply(variables, x, train=True, mutable=["batch_stats"])
     _, eval_state = model.apply(variables, x, train=False, mutable=["batch_stats"])
     before = jax.tree_util.tree_leaves(variables["batch_stats"])
-    changed = [not np.array_equal(a, b) for a, b in
-               zip(before, jax.tree_util.tree_leaves(train_state["batch_stats"]), strict=True)]
+    changed = [
+        not np.array_equal(a, b)
+        for a, b in zip(before, jax.tree_util.tree_leaves(train_state["batch_stats"]), strict=True)
+    ]
     assert all(changed)
     for a, b in zip(before, jax.tree_util.tree_leaves(eval_state["batch_stats"]), strict=True):
         np.testing.assert_array_equal(a, b)
@@ -186,8 +206,12 @@ def test_bfloat16_compute_keeps_params_and_statistics_in_float32():
     x = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
     variables = model.init(jax.random.key(0), x)
     (logits, feats), state = model.apply(
-        variables, x, train=True, mutable=["batch_stats"],
-        method=lambda m, x, train: (m(x, train), m(x, train, return_features=True)))
+        variables,
+        x,
+        train=True,
+        mutable=["batch_stats"],
+        method=lambda m, x, train: (m(x, train), m(x, train, return_features=True)),
+    )
     dtypes = {a.dtype for a in jax.tree_util.tree_leaves((variables, state))}
     assert dtypes == {jnp.dtype(jnp.float32)}
     assert feats["layer4"].dtype == jnp.bfloat16

@@ -61,8 +61,14 @@ def test_torchvision_chain_gives_torchvisions_own_top5(photos, tmp_path):
     from resnet_jax.convert.torchvision import build_reference
 
     ref = build_reference("resnet18", seed=3)
-    save_converted(tmp_path / "ckpt", ref.variables, architecture="resnet18",
-                   source="torchvision", weights=ref.weights, preset=ref.preset)
+    save_converted(
+        tmp_path / "ckpt",
+        ref.variables,
+        architecture="resnet18",
+        source="torchvision",
+        weights=ref.weights,
+        preset=ref.preset,
+    )
     predictor = load_predictor(tmp_path / "ckpt")
     assert predictor.preset.name == "torchvision_v1" and len(predictor.class_names) == 1000
 
@@ -88,13 +94,20 @@ def test_keras_chain_gives_keras_own_top5(photos, tmp_path):
     from resnet_jax.convert.keras_reference import build_reference
 
     ref = build_reference("resnet50_v1", seed=1)
-    save_converted(tmp_path / "ckpt", ref.variables, architecture="resnet50_v1",
-                   source="keras", weights=ref.weights, preset=ref.preset)
+    save_converted(
+        tmp_path / "ckpt",
+        ref.variables,
+        architecture="resnet50_v1",
+        source="keras",
+        weights=ref.weights,
+        preset=ref.preset,
+    )
     predictor = load_predictor(tmp_path / "ckpt")
     assert predictor.preset.name == "keras_caffe"
     paths = photos[1][:3]
-    images = np.stack([keras.utils.img_to_array(keras.utils.load_img(p, target_size=(224, 224)))
-                       for p in paths])
+    images = np.stack(
+        [keras.utils.img_to_array(keras.utils.load_img(p, target_size=(224, 224))) for p in paths]
+    )
     x = keras.applications.resnet.preprocess_input(images)
     with jax.default_matmul_precision("highest"):
         theirs = top5(ref.model(x, training=False))
@@ -119,12 +132,20 @@ def test_sixteen_bit_png_is_scaled_to_eight_bits(tmp_path):
 
 
 def test_bad_files_are_skipped_and_listed(bad_folder):
-    predictor = random_predictor("resnet18", get_preset("torchvision_v1"), batch_size=2,
-                                 stage_widths=(8, 8, 8, 8), stem_width=8)
+    predictor = random_predictor(
+        "resnet18",
+        get_preset("torchvision_v1"),
+        batch_size=2,
+        stage_widths=(8, 8, 8, 8),
+        stem_width=8,
+    )
     predictions, skipped = predictor.predict([bad_folder], top_k=3)
     assert [os.path.basename(p.path) for p in predictions] == ["good.jpg"]
     assert sorted(os.path.basename(p) for p, _ in skipped) == [
-        "empty.jpg", "notes.png", "truncated.jpg"]
+        "empty.jpg",
+        "notes.png",
+        "truncated.jpg",
+    ]
     assert all("not a readable image" in why for _, why in skipped)
     assert len(predictions[0].indices) == 3
     probs = predictions[0].probabilities
@@ -132,8 +153,13 @@ def test_bad_files_are_skipped_and_listed(bad_folder):
 
 
 def test_features_are_pooled_embeddings_per_file(photos):
-    predictor = random_predictor("resnet50", get_preset("torchvision_v2"), batch_size=4,
-                                 stage_widths=(8, 8, 8, 16), stem_width=8)
+    predictor = random_predictor(
+        "resnet50",
+        get_preset("torchvision_v2"),
+        batch_size=4,
+        stage_widths=(8, 8, 8, 16),
+        stem_width=8,
+    )
     names, feats, skipped = predictor.features([photos[0]])
     assert feats.shape == (5, 64) and feats.dtype == np.float32
     assert names == [str(p) for p in photos[1]] and skipped == []

@@ -179,6 +179,28 @@ def test_impossible_optimizer_numbers_are_refused_naming_the_field(field, value,
     assert str(error.value).count("\n") == 1  # Only that field.
 
 
+def test_every_unknown_choice_is_refused_naming_the_field_and_the_choices():
+    config = load_config("quickstart")
+    config.update(dtype="f8", parallelism="x", nonfinite="no")
+    config.optimizer.update(name="adamz", lr_schedule="q")
+    config.data.update(image_dtype="int4", interpolation="cubic")
+    with pytest.raises(ConfigError) as error:
+        check_config(config, num_devices=8, process_count=1)
+    assert str(error.value) == (
+        "Invalid config:\n"
+        "  - dtype 'f8' is not one of ('float32', 'bfloat16', 'float16').\n"
+        "  - parallelism 'x' is not one of ('shard_map', 'pmap').\n"
+        "  - optimizer.name 'adamz' is not one of ('sgd', 'lars', 'lamb').\n"
+        "  - optimizer.lr_schedule 'q' is not one of ('cosine', 'step', 'polynomial', "
+        "'constant').\n"
+        "  - data.image_dtype 'int4' is not one of ('float32', 'uint8') ('uint8' ships pixels and "
+        "normalises them on the devices).\n"
+        "  - data.interpolation 'cubic' is not one of ('bilinear', 'bicubic', 'nearest', "
+        "'lanczos3').\n"
+        "  - nonfinite 'no' is not one of ('stop', 'skip')."
+    )
+
+
 def test_ctrl_c_asks_for_a_stop_once_and_quits_at_the_second():
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with PreemptionWatcher() as watcher:

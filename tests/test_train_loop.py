@@ -16,7 +16,7 @@ from resnet_jax.build import build_model
 from resnet_jax.data import digits, pipeline
 from resnet_jax.parallel import create_data_parallel
 from resnet_jax.training import optim, steps, train_and_evaluate
-from resnet_jax.training.evaluate import evaluate
+from resnet_jax.training.evaluate import sum_batches
 from resnet_jax.training.state import create_train_state
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -154,7 +154,8 @@ def test_evaluation_counts_every_example_once():
     state = create_train_state(model, tx, seed=0, image_shape=(8, 8, 3))
     eval_fn = steps.compile_eval_step(parallel, model=model)
     batches = list(pipeline.create_eval_iterator(config.data, global_batch_size=64))
-    got = evaluate(eval_fn, parallel.replicate(state), batches, parallel, local_batch_size=64)
+    sums = sum_batches(eval_fn, parallel.replicate(state), batches, parallel, local_batch_size=64)
+    got = steps.mean_metrics(sums)
 
     real = np.concatenate([b["mask"] for b in batches]) > 0
     images = np.concatenate([b["image"] for b in batches])[real]

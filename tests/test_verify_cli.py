@@ -86,6 +86,25 @@ def test_published_torchvision_weights_offline_say_what_and_how(tmp_path, monkey
     assert "--weights /path/to/resnet18-f37072fd.pth" in err
 
 
+def test_keras_imagenet_weights_offline_say_what_and_how(monkeypatch, capsys):
+    from resnet_jax.convert import keras_reference
+
+    def offline(app, weights, size=224):
+        raise OSError(f"no network for {app} {weights}")
+
+    monkeypatch.setattr(keras_reference, "build_keras_model", offline)
+    code = main(["--source", "keras", "--model", "resnet50_v1", "--weights", "imagenet"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert (
+        "Could not download Keras ResNet50 'imagenet' weights from "
+        f"{keras_reference.IMAGENET_WEIGHTS}: OSError: no network for ResNet50 imagenet\n"
+        "Without network access, download the file elsewhere and pass it instead: --weights "
+        "/path/to/resnet50_weights_tf_dim_ordering_tf_kernels.h5 (the legacy .h5 Keras "
+        "downloads to ~/.keras/models)"
+    ) in err
+
+
 def test_unknown_published_name_lists_the_real_ones(capsys):
     code = main(["--source", "torchvision", "--model", "resnet50", "--weights", "IMAGENET1K_V3"])
     assert code == 2

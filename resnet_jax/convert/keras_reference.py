@@ -22,9 +22,9 @@ from resnet_jax.convert.reference import (
     RESIDUAL_BRANCH_SCALE,
     Activations,
     Reference,
-    WeightsDownloadError,
     calibration_batch,
     disable_torch_tf32,
+    download,
     perturbation,
 )
 from resnet_jax.data.presets import Preset, get_preset
@@ -163,16 +163,13 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
         else:
             label, source = str(weights), weights
     elif weights == "imagenet":
-        try:
-            model = build_keras_model(app, "imagenet")
-        except Exception as e:
-            raise WeightsDownloadError(
-                f"Keras {app} 'imagenet' weights",
-                IMAGENET_WEIGHTS,
-                f"--weights /path/to/{app.lower()}_weights_tf_dim_ordering_tf_kernels.h5 "
-                "(the legacy .h5 Keras downloads to ~/.keras/models)",
-                e,
-            ) from e
+        model = download(
+            lambda: build_keras_model(app, "imagenet"),
+            f"Keras {app} 'imagenet' weights",
+            IMAGENET_WEIGHTS,
+            f"--weights /path/to/{app.lower()}_weights_tf_dim_ordering_tf_kernels.h5 "
+            "(the legacy .h5 Keras downloads to ~/.keras/models)",
+        )
         label, source = f"{app} imagenet", model
     else:
         raise ValueError(f"Keras weights are a file or 'imagenet', not {weights!r}.")

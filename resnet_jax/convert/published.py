@@ -76,19 +76,20 @@ def describe(preset: Preset) -> str:
     )
 
 
-def known_note(path: str | os.PathLike, preset: Preset, known: PublishedFile) -> str:
+def file_note(
+    path: str | os.PathLike, preset: Preset, known: PublishedFile | None, why: str
+) -> str:
+    """How a weights file's preset was chosen: the published file it is, or, none of them
+    (``why`` names the published files), how to choose another."""
+    if known is None:
+        return (
+            f"{describe(preset)} assumed: {path} is none of the published files ({why}); if "
+            f"its weights expect other preprocessing, choose it with --preset NAME, one of "
+            f"{', '.join(sorted(PRESETS))}."
+        )
     how = (
         f"its sha256 begins {known.sha256_prefix} as {known.file_name}'s does"
         if known.sha256_prefix
         else f"by its name; the registry records no hash for {known.file_name}"
     )
     return f"{describe(preset)}: {path} is the published {known.weights} ({how})."
-
-
-def unknown_note(path: str | os.PathLike, preset: Preset, why: str) -> str:
-    """Which preset an unrecognised file gets, and how to choose another."""
-    return (
-        f"{describe(preset)} assumed: {path} is none of the published files ({why}); if "
-        f"its weights expect other preprocessing, choose it with --preset NAME, one of "
-        f"{', '.join(sorted(PRESETS))}."
-    )

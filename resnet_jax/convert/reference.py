@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -17,6 +17,7 @@ from resnet_jax.convert.common import Variables
 from resnet_jax.data.presets import Preset
 
 Activations = dict[str, np.ndarray]
+T = TypeVar("T")
 
 
 @dataclasses.dataclass
@@ -41,6 +42,14 @@ class WeightsDownloadError(RuntimeError):
             f"Without network access, download the file elsewhere and pass it instead: "
             f"{local_hint}"
         )
+
+
+def download(fetch: Callable[[], T], what: str, where: str, local_hint: str) -> T:
+    """``fetch()``, its failure a WeightsDownloadError saying what to pass instead."""
+    try:
+        return fetch()
+    except Exception as e:
+        raise WeightsDownloadError(what, where, local_hint, e) from e
 
 
 def disable_torch_tf32() -> None:

@@ -12,17 +12,10 @@ import math
 import os
 from typing import Any
 
-from resnet_jax.convert.published import (
-    PublishedFile,
-    describe,
-    from_url,
-    known_note,
-    recognise,
-    unknown_note,
-)
+from resnet_jax.convert.published import PublishedFile, describe, file_note, from_url, recognise
 from resnet_jax.convert.reference import (
     Reference,
-    WeightsDownloadError,
+    download,
     preset_from_values,
     randomize_torch_batchnorm,
     torch_runner,
@@ -97,48 +90,43 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     check_model_name(name)
     timm = import_timm()
     torch.manual_seed(seed)
-    known, warnings = None, []
+    warnings = []
     if weights is None:
         model = timm.create_model(name, pretrained=False)
-        randomize_torch_batchnorm(model, seed, preset_for(model))
+        preset = preset_for(model)
+        randomize_torch_batchnorm(model, seed, preset)
         label, source = f"random (seed {seed})", model
+        tag = f"{name}.{model.pretrained_cfg.get('tag')}"
+        note = f"{describe(preset)}: the preprocessing of timm {tag} (timm's default)"
     elif os.path.exists(weights):
         source = load_torch_file(weights)
         known, warnings = recognise(weights, published_files(name))
         # A recognised file's tag brings its pretrained cfg, and so its preprocessing.
         model = timm.create_model(known.key if known else name, pretrained=False)
         label = f"{weights} = {known.key}" if known else str(weights)
-    else:
-        label = published_name(name, weights)
-        try:
-            model = timm.create_model(label, pretrained=True)
-        except Exception as e:
-            raise WeightsDownloadError(
-                f"timm weights {label}",
-                f"the Hugging Face Hub (timm/{label})",
-                f"--weights /path/to/{label}.safetensors: the model.safetensors of "
-                f"https://huggingface.co/timm/{label} saved under that name, which tells its "
-                "preprocessing",
-                e,
-            ) from e
-        source = model
-    variables = from_timm(source, name)  # checks every key before torch sees them
-    if isinstance(source, dict):
-        model.load_state_dict(source)
-    preset = preset_for(model)
-    if known is not None:
-        note = known_note(weights, preset, known)
-    elif weights is not None and os.path.exists(weights):
+        preset = preset_for(model)
         tags = ", ".join(t.split(".", 1)[1] for t in timm.list_pretrained(f"{name}.*"))
         why = (
             f"timm {name}: {name}.TAG.safetensors (or .pth) with TAG one of {tags}, or a release "
             f"file a tag's cfg names; this preset is that of timm's default {name} weights, "
             f"{model.pretrained_cfg.get('tag')}"
         )
-        note = unknown_note(weights, preset, why)
+        note = file_note(weights, preset, known, why)
     else:
-        tag = label if weights else f"{name}.{model.pretrained_cfg.get('tag')} (timm's default)"
-        note = f"{describe(preset)}: the preprocessing of timm {tag}"
+        label = published_name(name, weights)
+        model = source = download(
+            lambda: timm.create_model(label, pretrained=True),
+            f"timm weights {label}",
+            f"the Hugging Face Hub (timm/{label})",
+            f"--weights /path/to/{label}.safetensors: the model.safetensors of "
+            f"https://huggingface.co/timm/{label} saved under that name, which tells its "
+            "preprocessing",
+        )
+        preset = preset_for(model)
+        note = f"{describe(preset)}: the preprocessing of timm {label}"
+    variables = from_timm(source, name)  # checks every key before torch sees them
+    if source is not model:
+        model.load_state_dict(source)
     return Reference(
         "timm", name, label, preset, variables, torch_runner(model), model, note, tuple(warnings)
     )

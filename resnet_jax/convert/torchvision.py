@@ -17,17 +17,10 @@ import flax.linen as nn
 import numpy as np
 
 from resnet_jax.convert.common import Variables, convert, export, resolve_model
-from resnet_jax.convert.published import (
-    PublishedFile,
-    describe,
-    from_url,
-    known_note,
-    recognise,
-    unknown_note,
-)
+from resnet_jax.convert.published import PublishedFile, describe, file_note, from_url, recognise
 from resnet_jax.convert.reference import (
     Reference,
-    WeightsDownloadError,
+    download,
     preset_from_values,
     randomize_torch_batchnorm,
     torch_runner,
@@ -143,43 +136,35 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     import torch
 
     check_model_name(name)
-    tv = import_torchvision()
     torch.manual_seed(seed)
-    model = tv.models.get_model(name, weights=None)
-    enum_entry, known, warnings = None, None, []
+    model = import_torchvision().models.get_model(name, weights=None)
+    warnings = []
     if weights is None:
-        randomize_torch_batchnorm(model, seed, preset_for(None))
+        preset = preset_for(None)
+        randomize_torch_batchnorm(model, seed, preset)
         label, source = f"random (seed {seed})", model
+        note = f"{describe(preset)}: torchvision's IMAGENET1K_V1 preprocessing"
     elif os.path.exists(weights):
+        files = published_files(name)
         source = load_torch_file(weights)
-        known, warnings = recognise(weights, published_files(name))
-        enum_entry = known.key if known else None
-        label = f"{weights} = {enum_entry}" if known else str(weights)
+        known, warnings = recognise(weights, files)
+        label = f"{weights} = {known.key}" if known else str(weights)
+        preset = preset_for(known.key if known else None)
+        why = f"torchvision {name}: {', '.join(f.file_name for f in files)}"
+        note = file_note(weights, preset, known, why)
     else:
-        enum_entry = published_weights(name, weights)
-        try:
-            source = enum_entry.get_state_dict(progress=False, check_hash=True)
-        except Exception as e:
-            raise WeightsDownloadError(
-                f"torchvision {enum_entry}",
-                enum_entry.url,
-                f"--weights /path/to/{os.path.basename(enum_entry.url)}",
-                e,
-            ) from e
-        label = str(enum_entry)
+        entry = published_weights(name, weights)
+        source = download(
+            lambda: entry.get_state_dict(progress=False, check_hash=True),
+            f"torchvision {entry}",
+            entry.url,
+            f"--weights /path/to/{os.path.basename(entry.url)}",
+        )
+        label, preset = str(entry), preset_for(entry)
+        note = f"{describe(preset)}: the preprocessing of torchvision {entry}"
     variables = from_torchvision(source, name)  # checks every key before torch sees them
     if source is not model:
         model.load_state_dict(source)
-    preset = preset_for(enum_entry)
-    if known is not None:
-        note = known_note(weights, preset, known)
-    elif enum_entry is not None:
-        note = f"{describe(preset)}: the preprocessing of torchvision {enum_entry}"
-    elif weights is None:
-        note = f"{describe(preset)}: torchvision's IMAGENET1K_V1 preprocessing"
-    else:
-        files = ", ".join(f.file_name for f in published_files(name))
-        note = unknown_note(weights, preset, f"torchvision {name}: {files}")
     return Reference(
         "torchvision", name, label, preset, variables, torch_runner(model), model,
         note, tuple(warnings),

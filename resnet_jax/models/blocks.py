@@ -86,6 +86,21 @@ def projection_shortcut(
     raise ValueError(f"Unknown shortcut {kind!r}; expected one of {SHORTCUTS}.")
 
 
+def add_shortcut(block: nn.Module, x: jax.Array, y: jax.Array, out_channels: int) -> jax.Array:
+    """The end of a post-activation block: its shortcut added to the branch ``y`` (projected
+    when the block changes resolution or width), then ReLU; the output checked."""
+    if block.shortcut != "none":
+        residual = x
+        if block.stride != 1 or block.in_channels != out_channels:
+            residual = projection_shortcut(
+                x, block.shortcut, block.layers, out_channels, block.stride, block.conv_bias
+            )
+        y = residual_branch(block, y) + residual
+    y = nn.relu(y)
+    check_output(block, x, y, block.stride, out_channels, block.layers.dtype)
+    return y
+
+
 class BasicBlock(nn.Module):
     """Two 3x3 convs (ResNet-18/34 and the CIFAR nets); the stride is on the first."""
 
@@ -107,16 +122,7 @@ class BasicBlock(nn.Module):
         y = nn.relu(L.norm(name="bn1")(y))
         y = L.conv(self.features, 3, bias=self.conv_bias, name="conv2")(y)
         y = L.norm(zero_init=self.zero_init_last_bn, name="bn2")(y)
-        if self.shortcut != "none":
-            residual = x
-            if self.stride != 1 or self.in_channels != self.features:
-                residual = projection_shortcut(
-                    x, self.shortcut, L, self.features, self.stride, self.conv_bias
-                )
-            y = residual_branch(self, y) + residual
-        y = nn.relu(y)
-        check_output(self, x, y, self.stride, self.features, L.dtype)
-        return y
+        return add_shortcut(self, x, y, self.features)
 
 
 class Bottleneck(nn.Module):
@@ -153,14 +159,7 @@ class Bottleneck(nn.Module):
         y = nn.relu(L.norm(name="bn2")(y))
         y = L.conv(out, 1, bias=bias, name="conv3")(y)
         y = L.norm(zero_init=self.zero_init_last_bn, name="bn3")(y)
-        if self.shortcut != "none":
-            residual = x
-            if self.stride != 1 or self.in_channels != out:
-                residual = projection_shortcut(x, self.shortcut, L, out, self.stride, bias)
-            y = residual_branch(self, y) + residual
-        y = nn.relu(y)
-        check_output(self, x, y, self.stride, out, L.dtype)
-        return y
+        return add_shortcut(self, x, y, out)
 
 
 class PreActBottleneck(nn.Module):

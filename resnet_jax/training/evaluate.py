@@ -9,7 +9,6 @@ import jax
 import numpy as np
 
 from resnet_jax.parallel import DataParallel
-from resnet_jax.training.steps import mean_metrics
 
 
 def pad_batch(batch: dict[str, np.ndarray], size: int) -> dict[str, np.ndarray]:
@@ -47,22 +46,6 @@ def sum_batches(
     if sums is None:
         raise ValueError("The evaluation split yielded no batches.")
     return jax.device_get(parallel.unreplicate(sums))
-
-
-def evaluate(
-    eval_fn: Callable,
-    state: Any,
-    batches: Iterable[dict[str, np.ndarray]],
-    parallel: DataParallel,
-    *,
-    local_batch_size: int,
-    max_steps: int = -1,
-) -> dict[str, float]:
-    """Mean loss, top-1 and top-5 over the real examples of ``batches``, plus their count."""
-    sums = sum_batches(
-        eval_fn, state, batches, parallel, local_batch_size=local_batch_size, max_steps=max_steps
-    )
-    return mean_metrics(sums)
 
 
 def eval_sums(

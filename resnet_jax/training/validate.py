@@ -7,6 +7,7 @@ the path; ``check_schedule`` runs once the dataset size (and so the number of st
 
 from __future__ import annotations
 
+import functools
 import os
 import tempfile
 
@@ -21,6 +22,20 @@ from resnet_jax.training.profile import parse_steps
 
 DTYPES = ("float32", "bfloat16", "float16")
 NONFINITE = ("stop", "skip")
+# Fields with a fixed set of values: (dotted name, the values, what the message adds).
+CHOICES = (
+    ("dtype", DTYPES, ""),
+    ("parallelism", MODES, ""),
+    ("optimizer.name", OPTIMIZERS, ""),
+    ("optimizer.lr_schedule", SCHEDULES, ""),
+    (
+        "data.image_dtype",
+        IMAGE_DTYPES,
+        " ('uint8' ships pixels and normalises them on the devices)",
+    ),
+    ("data.interpolation", INTERPOLATIONS, ""),
+    ("nonfinite", NONFINITE, ""),
+)
 
 
 class ConfigError(ValueError):
@@ -43,28 +58,11 @@ def check_config(
         errors.append(
             f"Unknown model {config.model.name!r}. Known models: {', '.join(list_models())}."
         )
-    if config.dtype not in DTYPES:
-        errors.append(f"dtype {config.dtype!r} is not one of {DTYPES}.")
-    if config.parallelism not in MODES:
-        errors.append(f"parallelism {config.parallelism!r} is not one of {MODES}.")
-    if config.optimizer.name not in OPTIMIZERS:
-        errors.append(f"optimizer.name {config.optimizer.name!r} is not one of {OPTIMIZERS}.")
-    if config.optimizer.lr_schedule not in SCHEDULES:
-        errors.append(
-            f"optimizer.lr_schedule {config.optimizer.lr_schedule!r} is not one of {SCHEDULES}."
-        )
+    for field, allowed, why in CHOICES:
+        value = functools.reduce(getattr, field.split("."), config)
+        if value not in allowed:
+            errors.append(f"{field} {value!r} is not one of {allowed}{why}.")
     errors += optimizer_problems(config.optimizer)
-    image_dtype = config.data.image_dtype
-    if image_dtype not in IMAGE_DTYPES:
-        errors.append(
-            f"data.image_dtype {image_dtype!r} is not one of {IMAGE_DTYPES} ('uint8' ships "
-            "pixels and normalises them on the devices)."
-        )
-    interpolation = config.data.interpolation
-    if interpolation not in INTERPOLATIONS:
-        errors.append(f"data.interpolation {interpolation!r} is not one of {INTERPOLATIONS}.")
-    if config.nonfinite not in NONFINITE:
-        errors.append(f"nonfinite {config.nonfinite!r} is not one of {NONFINITE}.")
     if config.preemption_check_every_steps < 1:
         errors.append(
             f"preemption_check_every_steps={config.preemption_check_every_steps} must be >= 1."
