@@ -256,3 +256,27 @@ def test_a_folder_in_the_bucket_trains_and_predict_reads_its_images(gcs, tmp_pat
         str(p) for p in sorted(epath.Path(gcs, "digits", "7").iterdir())
     ]
     assert len(rows) == 2
+
+
+def test_a_tfds_array_record_build_in_the_bucket_is_read_through_data_source(gcs, tmp_path):
+    """data.data_dir on gs://: TFDS reads the build's metadata, array_record's own GCS client
+    (google-cloud-cpp, no TensorFlow file system) its records."""
+    pytest.importorskip("tensorflow_datasets")
+    from resnet_jax.data import grain_pipeline, pipeline
+    from tests.tfds_tiny import TinyPhotos
+
+    TinyPhotos(data_dir=str(tmp_path), file_format="array_record").download_and_prepare()
+    for f in sorted(p for p in tmp_path.rglob("*") if p.is_file()):
+        epath.Path(gcs, "tfds", f.relative_to(tmp_path)).write_bytes(f.read_bytes())
+    config = pipeline.default_data_config()
+    config.update(
+        {"dataset": "tiny_photos", "data_dir": f"{gcs}/tfds", "image_size": 8, "workers": 0}
+    )
+    assert grain_pipeline.uses_grain(config)
+    source = grain_pipeline.make_source(config, train=True)
+    assert len(source) == 12 and source[5][0][:3] == b"\xff\xd8\xff"  # JPEG bytes, as stored.
+    one = {"process_index": 0, "process_count": 1}
+    batch = next(grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **one))
+    assert batch["image"].shape == (4, 8, 8, 3)
+    evaluated = list(grain_pipeline.create_eval_iterator(config, global_batch_size=3, **one))
+    assert sum(b["mask"].sum() for b in evaluated) == 4
