@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils import epath
 from PIL import Image, UnidentifiedImageError
 
+from resnet_jax import storage
 from resnet_jax.data.presets import Preset, normalize
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -30,7 +31,7 @@ def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Opens any image Pillow reads as 8-bit RGB: grayscale, palette, RGBA (alpha dropped, as
     torchvision and Keras do), CMYK and 16-bit files are converted."""
     try:
-        with Image.open(path) as img:
+        with epath.Path(path).open("rb") as f, Image.open(f) as img:
             return rgb(img)
     except (
         UnidentifiedImageError,
@@ -85,16 +86,19 @@ def transforms(preset: Preset) -> Callable[[Any], np.ndarray]:
     return lambda image: preprocess(image if hasattr(image, "mode") else load_rgb(image), preset)
 
 
-def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
-    """Expands files and folders (recursively, sorted) into image paths by suffix."""
-    paths: list[Path] = []
-    for item in map(Path, inputs):
+def list_images(inputs: Iterable[str | os.PathLike]) -> list[epath.Path]:
+    """Expands files and folders, local or gs:// (recursively, sorted), into image paths by
+    suffix."""
+    paths: list[epath.Path] = []
+    for item in map(epath.Path, inputs):
         if item.is_dir():
-            paths.extend(
-                sorted(
-                    p for p in item.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-                )
+            found = (
+                epath.Path(folder, f)
+                for folder, _, files in storage.walk(item)
+                for f in files
+                if os.path.splitext(f)[1].lower() in IMAGE_SUFFIXES
             )
+            paths.extend(sorted(found))
         elif item.exists():
             paths.append(item)
         else:
@@ -103,10 +107,10 @@ def list_images(inputs: Iterable[str | os.PathLike]) -> list[Path]:
 
 
 def batches(
-    paths: list[Path], preset: Preset, batch_size: int, skipped: list[tuple[str, str]]
-) -> Iterator[tuple[list[Path], np.ndarray]]:
+    paths: list[epath.Path], preset: Preset, batch_size: int, skipped: list[tuple[str, str]]
+) -> Iterator[tuple[list[epath.Path], np.ndarray]]:
     """Yields (paths, images) batches; unreadable files are appended to ``skipped`` with why."""
-    names: list[Path] = []
+    names: list[epath.Path] = []
     images: list[np.ndarray] = []
     for path in paths:
         try:

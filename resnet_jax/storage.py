@@ -9,6 +9,7 @@ usual Google Cloud credentials (on a Cloud TPU VM: the VM's service account).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 os.environ.setdefault("EPATH_USE_TF", "false")  # Before etils first picks a gs:// backend.
 
@@ -26,6 +27,28 @@ def path(p: PathLike) -> epath.Path:
 
 def is_remote(p: PathLike) -> bool:
     return "://" in os.fspath(p)
+
+
+def walk(root: PathLike) -> Iterator[tuple[str, list[str], list[str]]]:
+    """``os.walk(root, followlinks=True)`` for a local or gs:// folder: (folder as a full path,
+    subfolders, files); sorting the subfolders in place orders the walk, as with ``os.walk``."""
+    text = os.fspath(root)
+    if not is_remote(text):
+        yield from os.walk(text, followlinks=True)
+        return
+    scheme = text.split("://")[0]
+    for folder, dirs, files in epath.Path(text).walk():  # fsspec's folders lack the scheme.
+        yield f"{scheme}://{os.fspath(folder)}", dirs, files
+
+
+def stat(p: PathLike) -> tuple[int, int]:
+    """(size in bytes, modification time) of a local or gs:// file: nanoseconds for local files;
+    seconds in a bucket, where folders are name prefixes and have none (0)."""
+    if is_remote(p):
+        info = epath.Path(p).stat()
+        return info.length or 0, info.mtime
+    info = os.stat(p)
+    return info.st_size, info.st_mtime_ns
 
 
 def remote_problem(p: PathLike, flag: str) -> str | None:

@@ -36,8 +36,9 @@ def no_compile(monkeypatch):
 def gcs(tmp_path_factory):
     """A GCS API server on localhost (gcp-storage-emulator, see gcs_emulator.py) holding the
     empty bucket ``gs://bucket``; the clients point at it through their settings: gcsfs and
-    google-cloud-storage read STORAGE_EMULATOR_HOST, tensorstore (orbax's arrays)
-    TENSORSTORE_GCS_HTTP_URL and GOOGLE_AUTH_TOKEN_FOR_TESTING. Subprocesses inherit them."""
+    google-cloud-storage read STORAGE_EMULATOR_HOST, array_record CLOUD_STORAGE_EMULATOR_ENDPOINT,
+    tensorstore (orbax's arrays) TENSORSTORE_GCS_HTTP_URL and GOOGLE_AUTH_TOKEN_FOR_TESTING.
+    Subprocesses inherit them."""
     import socket
     import subprocess
     import sys
@@ -57,6 +58,7 @@ def gcs(tmp_path_factory):
     url = f"http://127.0.0.1:{port}"
     env = {
         "STORAGE_EMULATOR_HOST": url,
+        "CLOUD_STORAGE_EMULATOR_ENDPOINT": url,  # google-cloud-cpp's: array_record's reader.
         "TENSORSTORE_GCS_HTTP_URL": url,
         "GOOGLE_AUTH_TOKEN_FOR_TESTING": "emulator",  # tensorstore sends it; the server ignores it.
         "GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT": "false",  # No bucket-layout API in the emulator.

@@ -1,6 +1,7 @@
 """The Grain input pipeline: epochs, shards, exact resume without replay, eval pixels, no TF."""
 
 import io
+import logging
 import os
 import subprocess
 import sys
@@ -79,14 +80,14 @@ def test_resume_gives_the_same_batches_and_reads_nothing_before(
     for _ in range(step):
         next(whole)
     state = whole.get_state()
-    assert state["next_batch"] == step and state["epoch_offset"] == step * 4
+    assert state["next_example"] == state["epoch_offset"] == step * 4 and state["epoch"] == 0
     read = []
     counting = grain_pipeline.TrainExamples.__call__
     monkeypatch.setattr(
         grain_pipeline.TrainExamples, "__call__", lambda s, k: read.append(k) or counting(s, k)
     )
     resumed = grain_pipeline.create_train_iterator(
-        config, global_batch_size=4, seed=1, state=state, **ONE
+        config, global_batch_size=4, seed=1, start_step=step, state=state, **ONE
     )
     for _ in range(12):  # Into the next epoch.
         a, b = next(whole), next(resumed)
@@ -112,6 +113,61 @@ def test_auto_augment_acts_on_the_cropped_flipped_image_with_the_examples_rng(ph
         np.testing.assert_array_equal(cropped, plain(k)["image"])
         changed += not np.array_equal(got[k], cropped)
     assert changed >= 6  # Two ops at p=0.5 leave about one image in four unchanged.
+
+
+def test_every_process_resumes_exactly_from_the_one_recorded_state(photos):
+    """The state the primary records is each process's own: 3 processes, 2 examples each per
+    batch, 13 per epoch; resumed at step 9 (into epoch 1) each continues its own stream."""
+    config, step = _folder(photos), 9
+    states, after = [], []
+    for p in range(3):
+        where = {"process_index": p, "process_count": 3}
+        whole = grain_pipeline.create_train_iterator(config, global_batch_size=6, seed=2, **where)
+        for _ in range(step):
+            next(whole)
+        states.append(whole.get_state())
+        resumed = grain_pipeline.create_train_iterator(
+            config, global_batch_size=6, seed=2, start_step=step, state=states[0], **where
+        )
+        a, b = next(whole), next(resumed)
+        np.testing.assert_array_equal(a["image"], b["image"])
+        after.append(a["image"])
+    assert states[0] == states[1] == states[2]
+    assert (states[0]["next_example"], states[0]["epoch"], states[0]["epoch_offset"]) == (18, 1, 5)
+    assert not np.array_equal(after[0], after[1])  # Three different streams.
+
+
+def test_resume_takes_the_recorded_position_when_the_batch_size_changed(photos, caplog):
+    config = _folder(photos)
+    whole = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=1, **ONE)
+    for _ in range(3):
+        next(whole)
+    state = whole.get_state()  # Example 12; step 3 with 2 per batch would be example 6.
+    with caplog.at_level(logging.WARNING):
+        resumed = grain_pipeline.create_train_iterator(
+            config, global_batch_size=2, seed=1, start_step=3, state=state, **ONE
+        )
+    assert (
+        "The checkpoint's input position (example 12 of each process's stream, 4 per batch) "
+        "differs from step 3's with 2 per batch (example 6): resuming at the recorded one"
+    ) in caplog.text
+    expected = next(whole)["image"]
+    got = np.concatenate([next(resumed)["image"], next(resumed)["image"]])
+    np.testing.assert_array_equal(expected, got)
+    assert resumed.get_state()["next_example"] == 16
+
+
+def test_a_position_for_another_process_count_falls_back_to_the_step(caplog):
+    state = {"pipeline": "grain", "next_example": 12, "local_batch": 4, "process_count": 2}
+    with caplog.at_level(logging.WARNING):
+        start = grain_pipeline.resume_position(state, start_step=3, local_batch=8, process_count=1)
+    assert start == 24
+    assert "is not one for 1 process(es): resuming at step 3's position (example 24" in caplog.text
+    for absent in (None, {"pipeline": "tfdata"}):  # Older checkpoints, tf.data runs.
+        assert (
+            grain_pipeline.resume_position(absent, start_step=3, local_batch=8, process_count=1)
+            == 24
+        )
 
 
 def test_worker_processes_give_the_same_batches(photos):

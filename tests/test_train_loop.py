@@ -13,7 +13,7 @@ from recipes import load_config
 
 from resnet_jax import checkpoint
 from resnet_jax.build import build_model
-from resnet_jax.data import digits, pipeline
+from resnet_jax.data import digits, grain_pipeline, pipeline
 from resnet_jax.parallel import create_data_parallel
 from resnet_jax.training import optim, steps, train_and_evaluate
 from resnet_jax.training.evaluate import sum_batches
@@ -79,6 +79,13 @@ def test_resume_is_exact(straight_run, tmp_path, monkeypatch):
     monkeypatch.setattr(checkpoint.Checkpointer, "save", real_save)
     assert checkpoint.Checkpointer(os.path.join(workdir, "checkpoints")).all_steps() == [3]
 
+    opened = []  # The input state each training iterator is opened at.
+    real_open = grain_pipeline.create_train_iterator
+    monkeypatch.setattr(
+        grain_pipeline,
+        "create_train_iterator",
+        lambda *a, **kw: opened.append(kw["state"]) or real_open(*a, **kw),
+    )
     resumed = train_and_evaluate(tiny_config(), workdir)
     straight = straight_run[1]
     assert resumed["step"] == straight["step"] == TOTAL
@@ -94,13 +101,14 @@ def test_resume_is_exact(straight_run, tmp_path, monkeypatch):
     mid_b, meta_b = ckpt_b.restore(a, step=TOTAL // 2)
     for x, y in zip(jax.tree.leaves(mid_a), jax.tree.leaves(mid_b), strict=True):
         np.testing.assert_array_equal(x, y)
-    position = {"epoch": 0, "epoch_offset": 96, "next_batch": 3, "local_batch": 32}
+    position = {"next_example": 96, "epoch": 0, "epoch_offset": 96, "local_batch": 32}
     assert meta_a["data"] == {
         "seed": 0,
         "step": TOTAL // 2,
         "global_batch_size": 32,
-        "input": {"pipeline": "grain", "seed": 0, "process": [0, 1], **position},
+        "input": {"pipeline": "grain", "seed": 0, "process_count": 1, **position},
     }
+    assert opened == [meta_b["data"]["input"]]  # Resumed at the position the checkpoint holds.
 
 
 def test_a_checkpoint_of_another_architecture_is_refused(straight_run):

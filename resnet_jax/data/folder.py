@@ -14,12 +14,13 @@ import functools
 import hashlib
 import json
 import os
-import pathlib
 
 import numpy as np
 from absl import logging
 from etils import epath
 from PIL import Image
+
+from resnet_jax import storage
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 # What tf.io.decode_image reads ('MPO' is Pillow's name for multi-picture camera JPEGs).
@@ -56,13 +57,15 @@ class FolderIndex:
 def _check_cached(path: str, size: int, mtime_ns: int, check: str) -> str | None:
     del size, mtime_ns  # Cache keys: a rewritten file is checked again.
     try:
-        with Image.open(path) as image:
-            if image.format not in TF_FORMATS:
-                return f"format {image.format} is not one TensorFlow decodes"
-            image.verify()
-        if check == "full":
-            with Image.open(path) as image:
-                image.load()
+        with epath.Path(path).open("rb") as f:
+            with Image.open(f) as image:
+                if image.format not in TF_FORMATS:
+                    return f"format {image.format} is not one TensorFlow decodes"
+                image.verify()
+            if check == "full":
+                f.seek(0)
+                with Image.open(f) as image:
+                    image.load()
     except Exception as e:  # Pillow raises many types for broken files; all mean "skip".
         return f"{type(e).__name__}: {e}"
     return None
@@ -76,12 +79,12 @@ def check_image(path: str, check: str = "full") -> str | None:
     if check not in CHECKS:
         raise ValueError(f"Unknown image check {check!r}; expected one of {', '.join(CHECKS)}.")
     try:
-        stat = os.stat(path)
+        size, mtime = storage.stat(path)
     except OSError as e:
         return f"{type(e).__name__}: {e}"
-    if stat.st_size == 0:
+    if size == 0:
         return "empty file"
-    return _check_cached(path, stat.st_size, stat.st_mtime_ns, check)
+    return _check_cached(path, size, mtime, check)
 
 
 def scan_folder(
@@ -91,11 +94,11 @@ def scan_folder(
     extensions: tuple[str, ...] = IMAGE_EXTENSIONS,
     num_threads: int = 8,
 ) -> FolderIndex:
-    """Lists ``path/<class>/**/<image>`` files (sorted) and checks each one; see ``check_image``.
-
-    Files without an image extension are ignored; image files that fail the check are skipped.
+    """Lists ``path/<class>/**/<image>`` files (sorted; local or gs://) and checks each one; see
+    ``check_image``. Files without an image extension are ignored; image files that fail the
+    check are skipped.
     """
-    root = pathlib.Path(path).expanduser()
+    root = _root(path)
     if not root.is_dir():
         raise FileNotFoundError(
             f"Image folder {str(root)!r} does not exist or is not a folder. Expected one "
@@ -110,7 +113,7 @@ def scan_folder(
     candidates: list[tuple[str, int]] = []
     wanted = tuple(e.lower() for e in extensions)
     for label, name in enumerate(class_names):
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+        for dirpath, dirnames, filenames in storage.walk(root / name):
             dirnames.sort()
             for f in sorted(filenames):
                 if f.lower().endswith(wanted) and not f.startswith("."):
@@ -167,11 +170,17 @@ _scanned: dict[tuple, FolderIndex] = {}
 INDEX_FILE_PREFIX = "folder-index-"
 
 
-def _signature(root: pathlib.Path, check: str) -> list:
+def _root(path: str | os.PathLike) -> epath.Path:
+    return epath.Path(path) if storage.is_remote(path) else epath.Path(path).expanduser()
+
+
+def _signature(root: epath.Path, check: str) -> list:
     """What a cached index is valid for: the folder, the check, and the modification times of
-    the folder and its class subfolders (adding or removing an image changes them)."""
+    the folder and its class subfolders (adding or removing an image changes them; a bucket's
+    folders have none, so there only the class names count)."""
     dirs = [root, *sorted(d for d in root.iterdir() if d.is_dir())]
-    return [str(root.resolve()), check, [[d.name, d.stat().st_mtime_ns] for d in dirs]]
+    where = str(root) if storage.is_remote(root) else str(root.resolve())
+    return [where, check, [[d.name, storage.stat(d)[1]] for d in dirs]]
 
 
 def cached_scan(
@@ -183,7 +192,7 @@ def cached_scan(
 ) -> FolderIndex:
     """``scan_folder`` once per process, and once per folder state when ``cache_dir`` (a run's
     workdir) keeps the index (``write``): later runs and hosts read it instead of scanning."""
-    root = pathlib.Path(path).expanduser()
+    root = _root(path)
     if not root.is_dir():
         return scan_folder(root, check=check)  # Raises its clear error.
     signature = _signature(root, check)

@@ -306,36 +306,71 @@ def _loader(ds: grain.MapDataset, workers: int) -> grain.IterDataset:
 
 
 class TrainIterator(Iterator[dict[str, np.ndarray]]):
-    """Batches from ``start_batch`` on; ``get_state()`` is the position of the next batch."""
+    """Batches from example ``start`` of this process's stream on, the first one for training
+    step ``start_step + 1``; ``get_state()`` is the position of the next batch."""
 
-    def __init__(self, examples: TrainExamples, local_batch: int, start_batch: int, workers: int):
-        self.examples, self.local_batch, self.next_batch = examples, local_batch, start_batch
-        start = start_batch * local_batch
+    def __init__(
+        self, examples: TrainExamples, local_batch: int, start: int, start_step: int, workers: int
+    ):
+        self.examples, self.local_batch = examples, local_batch
+        self.start, self.start_step, self.yielded = start, start_step, 0
         stop = start + examples.per_epoch * _ENDLESS_EPOCHS
         ds = grain.MapDataset.range(start, stop).map(examples)
         self._it = iter(_loader(ds.batch(local_batch, drop_remainder=True), workers))
 
     def __next__(self) -> dict[str, np.ndarray]:
         batch = next(self._it)
-        self.next_batch += 1
+        self.yielded += 1
         return batch
 
     def get_state(self) -> dict[str, Any]:
-        return state_at(self.next_batch, self.examples, self.local_batch)
+        return self.state_after(self.start_step + self.yielded)
+
+    def state_after(self, step: int) -> dict[str, Any]:
+        """The state once training step ``step`` is done (the loop's iterator runs ahead of
+        training by its prefetch): JSON for the checkpoint's metadata.
+
+        It is every process's state: training shards are equal in size (``shards.train_shard``)
+        and a bad record is replaced within its epoch slice, so after the same steps every
+        process is at the same example of its own stream.
+        """
+        position = self.start + (step - self.start_step) * self.local_batch
+        epoch, offset = divmod(position, self.examples.per_epoch)
+        return {
+            "pipeline": "grain",
+            "next_example": position,
+            "epoch": epoch,
+            "epoch_offset": offset,
+            "local_batch": self.local_batch,
+            "seed": self.examples.seed,
+            "process_count": self.examples.count,
+        }
 
 
-def state_at(batch: int, examples: TrainExamples, local_batch: int) -> dict[str, Any]:
-    """The iterator state after ``batch`` batches: JSON for the checkpoint's metadata."""
-    epoch, offset = divmod(batch * local_batch, examples.per_epoch)
-    return {
-        "pipeline": "grain",
-        "next_batch": batch,
-        "local_batch": local_batch,
-        "epoch": epoch,
-        "epoch_offset": offset,
-        "seed": examples.seed,
-        "process": [examples.index, examples.count],
-    }
+def resume_position(
+    state: dict[str, Any] | None, *, start_step: int, local_batch: int, process_count: int
+) -> int:
+    """The example each process resumes at: the checkpoint's recorded ``state`` where there is
+    one for this many processes, else ``start_step``'s (older checkpoints, tf.data runs)."""
+    derived = start_step * local_batch
+    if state is None or state.get("pipeline") != "grain":
+        return derived
+    position = state.get("next_example")
+    if state.get("process_count") != process_count or not isinstance(position, int) or position < 0:
+        logging.warning(
+            "The checkpoint's input position %s is not one for %d process(es): resuming at step "
+            "%d's position (example %d of each process's stream); the data order differs from "
+            "an uninterrupted run.", state, process_count, start_step, derived,
+        )  # fmt: skip
+        return derived
+    if position != derived:
+        logging.warning(
+            "The checkpoint's input position (example %d of each process's stream, %s per batch) "
+            "differs from step %d's with %d per batch (example %d): resuming at the recorded "
+            "one, so no example is read twice or skipped.",
+            position, state.get("local_batch"), start_step, local_batch, derived,
+        )  # fmt: skip
+    return position
 
 
 def create_train_iterator(
@@ -349,26 +384,22 @@ def create_train_iterator(
     process_count: int | None = None,
     cache_dir: str | None = None,
 ) -> TrainIterator:
-    """Endless training batches {'image', 'label'} for this process from ``start_step`` (or
-    from a ``state`` saved by ``TrainIterator.get_state``), as ``pipeline.create_train_iterator``
-    yields them in shape and dtype."""
+    """Endless training batches {'image', 'label'} for this process from ``start_step``, at the
+    position a ``state`` saved by ``TrainIterator.get_state`` records (see ``resume_position``),
+    as ``pipeline.create_train_iterator`` yields them in shape and dtype."""
     config = pipeline.with_defaults(config)
     index, count = pipeline._processes(process_index, process_count)
     local_batch = pipeline._local_batch(global_batch_size, count)
-    if state is not None:
-        if state.get("local_batch") != local_batch or state.get("seed") != seed:
-            raise ValueError(
-                f"The saved input state {state} is for another seed or batch size than "
-                f"seed {seed} and {local_batch} examples per process."
-            )
-        start_step = int(state["next_batch"])
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
+    start = resume_position(
+        state, start_step=start_step, local_batch=local_batch, process_count=count
+    )
     source = make_source(config, train=True, cache_dir=cache_dir)
     examples = TrainExamples(source, TrainTransform(config), seed, index, count)
     if examples.per_epoch == 0:
         raise ValueError(f"Process {index}/{count} has no training examples in {config.dataset!r}.")
-    return TrainIterator(examples, local_batch, start_step, _workers(config))
+    return TrainIterator(examples, local_batch, start, start_step, _workers(config))
 
 
 def create_eval_iterator(
@@ -416,16 +447,23 @@ def uses_grain(config: Any) -> bool:
 
 
 def train_iterator(
-    config: Any, *, global_batch_size: int, seed: int, start_step: int, cache_dir: str | None
+    config: Any,
+    *,
+    global_batch_size: int,
+    seed: int,
+    start_step: int,
+    state: dict[str, Any] | None,
+    cache_dir: str | None,
 ) -> Iterator[dict[str, np.ndarray]]:
-    """The training loop's iterator: Grain's or tf.data's, as ``uses_grain`` says."""
+    """The training loop's iterator: Grain's (at the recorded ``state``) or tf.data's (at
+    ``start_step``), as ``uses_grain`` says."""
     if not uses_grain(config):
         return pipeline.create_train_iterator(
             config, global_batch_size=global_batch_size, seed=seed, start_step=start_step
         )
     return create_train_iterator(
         config, global_batch_size=global_batch_size, seed=seed, start_step=start_step,
-        cache_dir=cache_dir,
+        state=state, cache_dir=cache_dir,
     )  # fmt: skip
 
 
@@ -439,8 +477,5 @@ def eval_iterator(
 
 
 def state_after(iterator: Iterator[Any], step: int) -> dict[str, Any] | None:
-    """The input state once ``step`` batches are trained on, for the checkpoint (the loop's
-    iterator runs ahead of training by its prefetch); None for tf.data's."""
-    if not isinstance(iterator, TrainIterator):
-        return None
-    return state_at(step, iterator.examples, iterator.local_batch)
+    """The input state once ``step`` is trained, for the checkpoint; None for tf.data's."""
+    return iterator.state_after(step) if isinstance(iterator, TrainIterator) else None

@@ -50,6 +50,7 @@ class _Run:
     writer: MetricWriter
     progress: ProgressBar
     profiler: StepProfiler
+    input_state: dict[str, Any] | None = None  # The restored checkpoint's input position.
     train_iter: Any = None  # Its state goes into each checkpoint's metadata.
 
 
@@ -106,7 +107,9 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
     state = parallel.replicate(state)
 
     # Nothing in the workdir is written before it is known to hold this run (or none).
-    state, start_step, ckpt = workdirs.resume(config, workdir, state, parallel, fingerprint)
+    state, start_step, ckpt, input_state = workdirs.resume(
+        config, workdir, state, parallel, fingerprint
+    )
     state = finetune.initialize(config, state, parallel, source)
     is_main = jax.process_index() == 0
     if is_main:
@@ -159,6 +162,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
         ),
         progress=progress,
         profiler=StepProfiler(config.profile_steps, workdir),
+        input_state=input_state,
     )
 
 
@@ -178,7 +182,7 @@ def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
 
     run.train_iter = train_iter = grain_pipeline.train_iterator(
         config.data, global_batch_size=config.batch_size, seed=config.seed, start_step=start_step,
-        cache_dir=run.workdir,
+        state=run.input_state, cache_dir=run.workdir,
     )  # fmt: skip
     batches = par.prefetch_to_devices(train_iter, parallel, size=config.prefetch_batches)
     last_train: dict[str, float] = {}

@@ -152,8 +152,9 @@ def resume(
     state: TrainState,
     parallel: par.DataParallel,
     fingerprint: str,
-) -> tuple[TrainState, int, Checkpointer | None]:
-    """(state, its step, the checkpointer to save with or None) for a run in ``workdir``.
+) -> tuple[TrainState, int, Checkpointer | None, dict[str, Any] | None]:
+    """(state, its step, the checkpointer to save with or None, the input pipeline's recorded
+    position or None) for a run in ``workdir``.
 
     Restores the latest readable checkpoint (also with ``keep_checkpoints=0``, which only stops
     saving) after checking that it is of this architecture and config; without checkpoints,
@@ -161,11 +162,11 @@ def resume(
     """
     directory = storage.path(workdir) / CHECKPOINT_DIR
     keep = config.keep_checkpoints
-    found = None
+    found, meta = None, {}
     if directory.is_dir():
         reader = Checkpointer(directory, async_save=False)
         try:
-            found = _restore(reader, state, parallel, config, fingerprint)
+            found, meta = _restore(reader, state, parallel, config, fingerprint)
         finally:
             reader.close()
     if found is None:
@@ -177,8 +178,9 @@ def resume(
     else:
         state = parallel.replicate(found)
     step = int(jax.device_get(found.step)) if found is not None else 0
+    position = meta.get("data", {}).get("input")
     if keep <= 0 and found is None:
-        return state, step, None
+        return state, step, None, position
     # Unfinished writes are removed only now: the workdir is known to hold this run's checkpoints.
     ckpt = Checkpointer(
         directory,
@@ -189,7 +191,7 @@ def resume(
     if keep <= 0:  # It saves nothing; opening it removed the unfinished writes.
         ckpt.close()
         ckpt = None
-    return state, step, ckpt
+    return state, step, ckpt, position
 
 
 def _restore(
@@ -198,8 +200,9 @@ def _restore(
     parallel: par.DataParallel,
     config: ml_collections.ConfigDict,
     fingerprint: str,
-) -> TrainState | None:
-    """The latest readable checkpoint in ``state``'s layout (unreplicated), or None.
+) -> tuple[TrainState | None, dict[str, Any]]:
+    """The latest readable checkpoint in ``state``'s layout (unreplicated) and its metadata,
+    or (None, {}).
 
     A checkpoint of another architecture or config stops the run before anything changes; an
     unreadable one too, unless ``config.restore_fallback`` allows an older one.
@@ -232,4 +235,4 @@ def _restore(
     found = ckpt.restore_latest(
         parallel.unreplicate(state), fallback=config.restore_fallback, check_meta=check
     )
-    return None if found is None else found[0]
+    return (None, {}) if found is None else found
