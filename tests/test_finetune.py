@@ -195,6 +195,7 @@ def test_frozen_backbone_keeps_every_backbone_variable_bitwise_while_the_head_le
     config.finetune.freeze = "backbone"
     config.data.preset = "init_from"
     config.log_every_steps = 5
+    config.eval_every_steps = 30  # Once, at the end: the head is judged on all 359 eval images.
     result = train_and_evaluate(config, str(tmp_path))
 
     state = jax.device_get(result["state"])
@@ -206,7 +207,11 @@ def test_frozen_backbone_keeps_every_backbone_variable_bitwise_while_the_head_le
     for key in backbone:
         assert bitwise_equal(tuned[key], source[key]), key
     losses = [r["loss"] for r in read_metrics(str(tmp_path)) if r["split"] == "train"]
-    assert len(losses) == 6 and losses[-1] < 0.85 * losses[0]  # Measured 2.30 -> 1.84.
+    # A 5-step window of 32 images is noisy; the whole eval split is not. Measured: train
+    # windows 2.33 -> 1.93-2.09, eval loss 1.91 and top-1 0.34 (chance: 0.10).
+    assert len(losses) == 6 and min(losses[-2:]) < 0.85 * losses[0]
+    assert result["eval"]["count"] == 359 and result["eval"]["loss"] < 0.85 * losses[0]
+    assert result["eval"]["top1"] >= 0.3
     data = json.loads((tmp_path / "config.json").read_text())["data"]
     from_checkpoint = {"preset": None, "mean": [0.5] * 3, "std": [0.5] * 3, "crop_pct": 1.0}
     assert {k: data[k] for k in from_checkpoint} == from_checkpoint  # data.preset='init_from'.
