@@ -118,15 +118,14 @@ def merge_defaults(
     return out
 
 
-def with_defaults(config: Any) -> ml_collections.FrozenConfigDict:
-    """``config`` (ConfigDict or dict) as ``spec.complete`` completes a run's data section, for
+def with_defaults(config: Any) -> ml_collections.ConfigDict:
+    """``config`` (ConfigDict or dict) with every missing field taken from the defaults, for
     callers of the pipeline alone; a run's data config (frozen, from its spec) is complete."""
     if isinstance(config, ml_collections.FrozenConfigDict):
         return config
-    from resnet_jax import spec
-
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    return spec.complete({"data": given}).data
+    merged = merge_defaults(default_data_config().to_dict(), given, "data.")
+    return ml_collections.ConfigDict(merged)
 
 
 def _processes(index: int | None, count: int | None) -> tuple[int, int]:
