@@ -128,7 +128,14 @@ def kind(path: str | os.PathLike) -> str:
 
 def restore_variables(directory: str | os.PathLike, abstract: Any = None) -> dict[str, Any]:
     """The variables of a weights directory, shaped as ``abstract`` (None: as saved)."""
+    import jax
     import orbax.checkpoint as ocp
 
-    restored = _orbax(epath.Path(directory), variables=ocp.args.StandardRestore(abstract))
-    return dict(restored["variables"])
+    # On this host's first device, whatever device wrote them (a CPU box, a TPU VM).
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    if abstract is not None:
+        abstract = jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
+        )
+    args = ocp.args.StandardRestore(abstract, fallback_sharding=device)
+    return jax.device_put(dict(_orbax(epath.Path(directory), variables=args)["variables"]), device)

@@ -192,3 +192,19 @@ def test_holdout_refuses_a_class_of_one_image(tmp_path):
         "least 2 images (one to train on, one to validate); add images, or give a separate "
         "data.eval_folder."
     )
+
+
+def test_the_kept_index_is_replaced_when_the_folder_changes(tmp_path, monkeypatch):
+    root, workdir = tmp_path / "imgs", tmp_path / "workdir"
+    write_digits_folder(root, split="train", image_size=8, per_class=2)
+    first = folder.cached_scan(root, cache_dir=workdir)
+    assert len(first.files) == 20
+    Image.new("RGB", (8, 8)).save(root / "3" / "new.png")
+    os.utime(root / "3", (1e9, 1e9))  # The class folder's time changes, as on any filesystem.
+    monkeypatch.setattr(folder, "_scanned", {})  # A new process: only the kept index is shared.
+    second = folder.cached_scan(root, cache_dir=workdir)
+    assert len(second.files) == 21 and any(f.endswith("new.png") for f in second.files)
+    kept = list(workdir.glob(f"{folder.INDEX_FILE_PREFIX}*"))
+    assert [p.suffix for p in kept] == [".json"]  # Replaced in place; no temporary left.
+    monkeypatch.setattr(folder, "_scanned", {})
+    assert folder.cached_scan(root, cache_dir=workdir).files == second.files

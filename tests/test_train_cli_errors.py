@@ -183,7 +183,13 @@ def test_every_unknown_choice_is_refused_naming_the_field_and_the_choices():
     config = load_config("quickstart")
     config.update(dtype="f8", parallelism="x", nonfinite="no")
     config.optimizer.update(name="adamz", lr_schedule="q")
-    config.data.update(image_dtype="int4", interpolation="cubic")
+    config.data.update(
+        image_dtype="int4",
+        interpolation="cubic",
+        pipeline="graim",
+        train_preprocess="inception",
+        eval_preprocess="crop",
+    )
     with pytest.raises(ConfigError) as error:
         check_config(config, num_devices=8, process_count=1)
     assert str(error.value) == (
@@ -197,6 +203,10 @@ def test_every_unknown_choice_is_refused_naming_the_field_and_the_choices():
         "normalises them on the devices).\n"
         "  - data.interpolation 'cubic' is not one of ('bilinear', 'bicubic', 'nearest', "
         "'lanczos3').\n"
+        "  - data.pipeline 'graim' is not one of ('grain', 'tfdata').\n"
+        "  - data.train_preprocess 'inception' is not one of ('inception_crop', 'cifar_crop', "
+        "'resize').\n"
+        "  - data.eval_preprocess 'crop' is not one of ('center_crop', 'resize').\n"
         "  - nonfinite 'no' is not one of ('stop', 'skip')."
     )
 

@@ -181,3 +181,36 @@ def test_a_folder_that_holds_neither_is_refused(tmp_path):
             preset=ref.preset, overrides=ref.card.arguments, overwrite=True,
         )  # fmt: skip
     assert [p.name for p in tmp_path.iterdir()] == ["notes.txt"]
+
+
+SAVE_ON_ANOTHER_DEVICE = """
+import os, sys
+os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=16"
+import jax
+from resnet_jax.data.presets import get_preset
+from resnet_jax.inference import random_predictor
+from resnet_jax.weights import save_converted
+
+ref = random_predictor("resnet18", get_preset("timm_rsb"), num_classes=3, stem_width=8)
+on_last = jax.device_put(ref.variables, jax.devices()[15])
+save_converted(sys.argv[1], on_last, architecture="resnet18", source="timm", weights="t",
+               preset=ref.preset, overrides={"num_classes": 3, "stem_width": 8})
+"""
+
+
+def test_weights_saved_on_another_device_load_here(tmp_path):
+    """Weights written on a device this host lacks (cpu:15 here; a TPU core, a GPU) load onto
+    this host's first device, through resnet_jax.load and through fine-tuning's restore."""
+    import subprocess
+    import sys
+
+    from resnet_jax.card import restore_variables
+
+    out = tmp_path / "w"
+    subprocess.run([sys.executable, "-c", SAVE_ON_ANOTHER_DEVICE, str(out)], check=True)
+    _, variables, *_ = resnet_jax.load(out)
+    raw = restore_variables(out)
+    for tree in (variables, raw):
+        leaves = jax.tree.leaves(tree)
+        assert len(leaves) > 0 and {x.devices().pop() for x in leaves} == {jax.devices()[0]}
+    assert jax.tree.all(jax.tree.map(np.array_equal, variables, raw))

@@ -169,3 +169,20 @@ def test_turning_the_ema_on_over_checkpoints_without_one_is_refused_once(finishe
             "with an EMA from the start; nothing was changed."
         )
         assert tree_digest(workdir) == before  # Nothing renamed as unreadable, nothing written.
+
+
+def test_turning_the_ema_off_over_checkpoints_with_one_is_refused(tmp_path):
+    workdir = tmp_path / "with_ema"
+    train_and_evaluate(tiny_config(ema_decay=0.9, eval_every_steps=TINY_STEPS), str(workdir))
+    before = tree_digest(workdir)
+    for allow in (False, True):
+        config = tiny_config(ema_decay=0.0, eval_every_steps=TINY_STEPS, restore_fallback=True)
+        config.allow_config_change = allow
+        with pytest.raises(ConfigError) as error:
+            train_and_evaluate(config, str(workdir))
+        assert str(error.value) == (
+            f"ema_decay=0, but the checkpoints in {workdir}/checkpoints (step 6) hold a weight "
+            "EMA (ema_decay=0.9): rerun with that ema_decay to continue this run, or use a new "
+            "--workdir to train without one; nothing was changed."
+        )
+        assert tree_digest(workdir) == before

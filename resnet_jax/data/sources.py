@@ -181,6 +181,8 @@ def tfds_builder(config: Any) -> Any:
         )
     try:
         file_format = config.get("file_format")  # Only when preparing: the build's format.
+        if not file_format and config.get("download") and config.get("pipeline") == "grain":
+            file_format = "array_record"  # What Grain reads; TFDS would write TFRecord.
         kwargs = {"file_format": file_format} if file_format else {}
         builder = tfds.builder(config.dataset, data_dir=data_dir, **kwargs)
     except tfds.core.registered.DatasetNotFoundError:

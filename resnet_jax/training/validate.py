@@ -14,7 +14,12 @@ import tempfile
 import ml_collections
 
 from resnet_jax import storage
-from resnet_jax.data.presets import IMAGE_DTYPES, INTERPOLATIONS
+from resnet_jax.data.presets import (
+    EVAL_PREPROCESS,
+    IMAGE_DTYPES,
+    INTERPOLATIONS,
+    TRAIN_PREPROCESS,
+)
 from resnet_jax.models import list_models, model_spec
 from resnet_jax.parallel import MODES, check_batch_size
 from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES, warmup_steps
@@ -34,6 +39,9 @@ CHOICES = (
         " ('uint8' ships pixels and normalises them on the devices)",
     ),
     ("data.interpolation", INTERPOLATIONS, ""),
+    ("data.pipeline", ("grain", "tfdata"), ""),
+    ("data.train_preprocess", TRAIN_PREPROCESS, ""),
+    ("data.eval_preprocess", EVAL_PREPROCESS, ""),
     ("nonfinite", NONFINITE, ""),
 )
 

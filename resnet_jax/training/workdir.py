@@ -220,6 +220,12 @@ def _restore(
                 "Rerun with --config.ema_decay=0 to continue this run, or use a new --workdir "
                 "to train with an EMA from the start; nothing was changed."
             )
+        if not config.ema_decay and meta.get("config", {}).get("ema_decay"):
+            raise ConfigError(
+                f"ema_decay=0, but the checkpoints in {where} hold a weight EMA (ema_decay="
+                f"{meta['config']['ema_decay']}): rerun with that ema_decay to continue this "
+                "run, or use a new --workdir to train without one; nothing was changed."
+            )
         check_unchanged(meta.get("config", {}), config, where=where)
         data = meta.get("data", {})
         if data.get("seed") != config.seed or data.get("global_batch_size") != config.batch_size:
