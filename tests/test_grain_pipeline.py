@@ -335,3 +335,12 @@ def test_an_unknown_pipeline_is_refused_naming_the_choices():
         grain_pipeline.uses_grain(_config(dataset="digits", pipeline="torch"))
     assert grain_pipeline.uses_grain(_config(dataset="digits"))
     assert not grain_pipeline.uses_grain(_config(dataset="digits", pipeline="tfdata"))
+
+
+def test_a_dataset_prepared_by_download_is_built_as_array_record_for_grain(tmp_path):
+    pytest.importorskip("tensorflow_datasets")
+    from tests.tfds_tiny import TinyPhotos  # noqa: F401  (registers tiny_photos)
+
+    config = _config(dataset="tiny_photos", data_dir=str(tmp_path), image_size=8, download=True)
+    assert grain_pipeline.uses_grain(config)  # Prepared here, as ArrayRecord: Grain reads it.
+    assert list(tmp_path.rglob("*.array_record*")) and not list(tmp_path.rglob("*.tfrecord*"))
