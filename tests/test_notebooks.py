@@ -230,7 +230,7 @@ from resnet_jax.data import presets
 from resnet_jax.training.steps import eval_step
 
 preset = presets.data_preset(pipeline.with_defaults(config.data))
-state = types.SimpleNamespace(variables=variables)
+state = types.SimpleNamespace(variables=variables, ema=None)  # raw weights only
 step = jax.jit(jax.vmap(
     lambda b: eval_step(state, b, model=model, axis_name="d", preset=preset),
     axis_name="d",
