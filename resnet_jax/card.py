@@ -126,6 +126,13 @@ def kind(path: str | os.PathLike) -> str:
     )
 
 
+def save_variables(directory: str | os.PathLike, variables: dict[str, Any]) -> None:
+    """Writes ``variables`` as a weights directory's orbax item (``restore_variables`` reads it)."""
+    import orbax.checkpoint as ocp
+
+    _orbax(epath.Path(directory), save=True, variables=ocp.args.StandardSave(variables))
+
+
 def restore_variables(directory: str | os.PathLike, abstract: Any = None) -> dict[str, Any]:
     """The variables of a weights directory, shaped as ``abstract`` (None: as saved)."""
     import jax
@@ -133,9 +140,5 @@ def restore_variables(directory: str | os.PathLike, abstract: Any = None) -> dic
 
     # On this host's first device, whatever device wrote them (a CPU box, a TPU VM).
     device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    if abstract is not None:
-        abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=device), abstract
-        )
     args = ocp.args.StandardRestore(abstract, fallback_sharding=device)
     return jax.device_put(dict(_orbax(epath.Path(directory), variables=args)["variables"]), device)

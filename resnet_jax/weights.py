@@ -23,11 +23,11 @@ from flax import traverse_util
 from resnet_jax.card import (  # noqa: F401  (CARD_FILE, kind: part of the loader's API)
     CARD_FILE,
     Card,
-    _orbax,
     converted_card,
     kind,
     read_card,
     restore_variables,
+    save_variables,
 )
 from resnet_jax.checkpoint import CheckpointError, architecture_fingerprint
 from resnet_jax.data.presets import Preset
@@ -83,14 +83,12 @@ def save(
 ) -> epath.Path:
     """Writes ``{'params', 'batch_stats'}`` with orbax, then card.json (last: a directory
     without it is not weights)."""
-    import orbax.checkpoint as ocp
-
     directory = epath.Path(directory)
     if check_target(directory, overwrite):
         directory.rmtree()
     variables = jax.tree.map(jnp.asarray, {k: variables[k] for k in ("params", "batch_stats")})
     directory.mkdir(parents=True, exist_ok=True)
-    _orbax(directory, save=True, variables=ocp.args.StandardSave(variables))
+    save_variables(directory, variables)
     (directory / CARD_FILE).write_text(json.dumps(card.to_dict(), indent=1))
     return directory
 
