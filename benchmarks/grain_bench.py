@@ -7,6 +7,9 @@ resized to 500x375 and re-encoded at quality 90, like ImageNet's):
       ``--tfds_dir`` names a dataset prepared both as TFRecord and as ArrayRecord);
   (b) host CPU-ms per image (process CPU time, not wall time) of decode + Inception crop +
       flip to 224 uint8, in one process: Pillow (Grain's transform) vs tf.data's map;
+  (a') seconds from starting a training process (``train_and_evaluate``, a small ResNet at
+      224 px, batch 128) to the end of its first training step, fresh and resumed at 10% and
+      90% of an epoch, per pipeline (the resumes restore the same checkpoint);
   (c) seconds to scan a folder of ``--scan_files`` files ('header' check), and to read the
       index back from the workdir cache.
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import functools
 import io
+import json
 import multiprocessing
 import os
 import resource
@@ -173,6 +177,88 @@ def resume_times(
     return out
 
 
+def _step_config(kind: str, folder: str, eval_folder: str, batch: int, steps: int) -> Any:
+    """A small ResNet trained for ``steps`` steps on ``folder`` by ``kind``'s pipeline."""
+    import ml_collections
+
+    from resnet_jax import spec
+
+    config = spec.default_config()
+    config.model.name = "resnet20"
+    config.optimizer.warmup_epochs = 0.0
+    config.model.kwargs = ml_collections.ConfigDict(
+        {"stage_sizes": (1, 1, 1), "stage_widths": (4, 8, 8), "stem_width": 4}
+    )
+    data = {"dataset": "folder", "folder": folder, "eval_folder": eval_folder, "pipeline": kind}
+    for key, value in {
+        **data,
+        "image_dtype": "uint8",
+        "train_preprocess": "inception_crop",
+    }.items():
+        config.data[key] = value
+    config.update(
+        {"batch_size": batch, "eval_batch_size": batch, "num_train_steps": steps,
+         "num_eval_steps": 1, "eval_every_steps": steps, "checkpoint_every_steps": steps,
+         "keep_checkpoints": 1, "progress_bar": False, "tensorboard": False, "plot": False,
+         "allow_config_change": True}
+    )  # fmt: skip
+    return config
+
+
+def _train_child(config_json: str, workdir: str) -> None:
+    import ml_collections
+
+    from resnet_jax.training import train_and_evaluate
+
+    train_and_evaluate(ml_collections.ConfigDict(json.loads(config_json)), workdir)
+
+
+def first_step_times(photos: str, root: str, batch: int, epoch: int) -> dict[str, float]:
+    """(a'): a new process per measurement, from its start to the end of a run of one step;
+    checkpoints at 10% and 90% of an epoch come from training on a tiny folder of the same
+    classes (the position a resume reads depends on the step only)."""
+    ctx = multiprocessing.get_context("spawn")
+    from PIL import Image
+
+    tiny = os.path.join(root, "tiny")  # Two 32x24 images for each class of ``photos``.
+    for name in sorted(os.listdir(photos)):
+        os.makedirs(os.path.join(tiny, name), exist_ok=True)
+        for i in range(2):
+            Image.new("RGB", (32, 24), (90, 120, 40 * i)).save(os.path.join(tiny, name, f"{i}.jpg"))
+    base = os.path.join(root, "steps")
+    shutil.rmtree(base, ignore_errors=True)
+
+    def run(config: Any, workdir: str) -> float:
+        start = time.perf_counter()
+        proc = ctx.Process(target=_train_child, args=(config.to_json(), workdir))
+        proc.start()
+        proc.join()
+        if proc.exitcode:
+            raise RuntimeError(f"The training run in {workdir} failed ({proc.exitcode}).")
+        return time.perf_counter() - start
+
+    from resnet_jax.data import pipeline
+
+    index = os.path.join(base, "index")  # The folder's index, as a run leaves it in its workdir.
+    pipeline.folder_indices(_step_config("grain", photos, tiny, batch, 1).data, cache_dir=index)
+    out = {}
+    for name, fraction in (("fresh", 0.0), ("resume_10pct", 0.1), ("resume_90pct", 0.9)):
+        step = int(fraction * epoch) // batch
+        saved = os.path.join(base, f"at{step}")
+        shutil.copytree(index, saved)
+        if step:  # Cheap steps: 32x24 images at 16 px.
+            config = _step_config("grain", tiny, tiny, batch, step)
+            config.data.image_size = 16
+            run(config, saved)
+        for kind in ("tfdata", "grain"):
+            workdir = os.path.join(base, f"{kind}{step}")
+            shutil.copytree(saved, workdir)
+            key = f"first_step_{kind}_{name}_s"
+            out[key] = round(run(_step_config(kind, photos, tiny, batch, step + 1), workdir), 2)
+            print(key, out[key], flush=True)
+    return out
+
+
 def cpu_ms_per_image(files: list[str], size: int = 224) -> dict[str, float]:
     """(b): decode + Inception crop + flip to ``size`` uint8, CPU-ms per image, one process."""
     import tensorflow as tf
@@ -230,7 +316,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--workers", type=int, default=-1)
     parser.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "results"))
-    parser.add_argument("--parts", default="scan,folder,tfds,cpu", help="What to measure.")
+    parser.add_argument("--parts", default="scan,folder,tfds,steps,cpu", help="What to measure.")
     parser.add_argument("--tiny", action="store_true", help="A few images: checks it runs.")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -256,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         }
         configs["tfdata"].pipeline = "tfdata"
         record.update(resume_times(configs, args.batch, workdir, args.images, "tfds_"))
+    if "steps" in parts:
+        record.update(first_step_times(photos, args.root, args.batch, args.images))
     if "cpu" in parts:
         files = sorted(os.path.join(d, f) for d, _, fs in os.walk(photos) for f in fs)
         record.update(cpu_ms_per_image(files[: args.cpu_images]))

@@ -330,6 +330,20 @@ def test_the_benchmark_measures_scans_and_cpu_per_image_in_tiny_mode(tmp_path):
     assert len(photos) == 40 and Image.open(photos[0]).size == (500, 375)
 
 
+@pytest.mark.slow
+def test_the_benchmark_measures_the_first_step_of_fresh_and_resumed_runs(tmp_path):
+    from benchmarks import grain_bench
+
+    record = grain_bench.main(["--tiny", f"--root={tmp_path}", "--parts=steps"])
+    for kind in ("tfdata", "grain"):
+        for name in ("fresh", "resume_10pct", "resume_90pct"):
+            assert record[f"first_step_{kind}_{name}_s"] > 0
+    # Each resumed run trained exactly one step past its checkpoint (10 steps per tiny epoch).
+    assert sorted(p.name for p in (tmp_path / "steps" / "grain9" / "checkpoints").iterdir()) == [
+        "10"
+    ]
+
+
 def test_an_unknown_pipeline_is_refused_naming_the_choices():
     with pytest.raises(ValueError, match="Unknown data.pipeline 'torch'; expected one of grain, "):
         grain_pipeline.uses_grain(_config(dataset="digits", pipeline="torch"))
@@ -344,3 +358,11 @@ def test_a_dataset_prepared_by_download_is_built_as_array_record_for_grain(tmp_p
     config = _config(dataset="tiny_photos", data_dir=str(tmp_path), image_size=8, download=True)
     assert grain_pipeline.uses_grain(config)  # Prepared here, as ArrayRecord: Grain reads it.
     assert list(tmp_path.rglob("*.array_record*")) and not list(tmp_path.rglob("*.tfrecord*"))
+
+
+def test_workers_minus_one_starts_one_per_core_this_process_may_use(monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 3, 5}, raising=False)
+    monkeypatch.setattr(os, "cpu_count", lambda: 96)  # The machine's, not this process's share.
+    assert grain_pipeline._workers(_config(workers=-1)) == 3
+    assert grain_pipeline._workers(_config(workers=0)) == 0
+    assert grain_pipeline._workers(_config(workers=2)) == 2

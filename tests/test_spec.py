@@ -215,7 +215,7 @@ def test_a_config_json_from_before_the_spec_still_loads_and_resumes(tmp_path, fa
     """An older record: no 'derived' section, and sections later versions added are missing."""
     config = tiny_config(keep_checkpoints=0)
     old = json.loads(config.to_json_best_effort())
-    del old["finetune"], old["model"]["remat"], old["data"]["image_dtype"]
+    del old["finetune"], old["model"]["remat"], old["data"]["image_dtype"], old["data"]["pipeline"]
     (tmp_path / "config.json").write_text(json.dumps(old))
     model = model_from_config(restore.read_config(tmp_path), 10)
     assert (model.stage_sizes, model.remat, model.num_classes) == ((1, 1, 1), False, 10)
@@ -225,6 +225,10 @@ def test_a_config_json_from_before_the_spec_still_loads_and_resumes(tmp_path, fa
     with pytest.raises(ConfigError, match="batch_size: 16 -> 32"):
         train_and_evaluate(changed, str(tmp_path))
     assert json.loads((tmp_path / "config.json").read_text()) == old  # Nothing changed.
+    # Before data.pipeline existed, runs read their data by tf.data: Grain's order is another run.
+    with pytest.raises(ConfigError, match="data.pipeline: 'tfdata' -> 'grain'"):
+        train_and_evaluate(config, str(tmp_path))
+    config.data.pipeline = "tfdata"
     assert train_and_evaluate(config, str(tmp_path))["step"] == 6
     record = json.loads((tmp_path / "config.json").read_text())
     assert record["derived"]["total_steps"] == 6 and record["finetune"]["freeze"] == "none"

@@ -293,7 +293,10 @@ class EvalExamples:
 
 def _workers(config: Any) -> int:
     workers = int(config.workers)
-    return os.cpu_count() or 1 if workers < 0 else workers
+    if workers >= 0:
+        return workers
+    # The cores this process may run on (a container's or taskset's share), not the machine's.
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _loader(ds: grain.MapDataset, workers: int) -> grain.IterDataset:

@@ -79,10 +79,17 @@ def as_recorded(config: ml_collections.ConfigDict) -> dict[str, Any]:
     return json.loads(config.to_json_best_effort())
 
 
+# Fields added after runs were first recorded whose default changed what such a run does:
+# the value those runs had. (Before data.pipeline existed every run read its data by tf.data.)
+RECORDED_BEFORE = {"data.pipeline": "tfdata"}
+
+
 def changed_fields(recorded: dict[str, Any], config: dict[str, Any]) -> list[tuple[str, Any, Any]]:
     """(field, recorded value, configured value) for each field outside ``FREE_FIELDS`` that
-    differs; fields that only one side has (another version's config) are not compared."""
+    differs; other fields that only one side has (another version's config) are not compared."""
     old, new = _flatten(recorded), _flatten(config)
+    if "data" in recorded:
+        old = {**RECORDED_BEFORE, **old}
     return [
         (k, old[k], new[k])
         for k in sorted(old.keys() & new.keys())
