@@ -1,27 +1,34 @@
-"""Training hosts need no TensorFlow: one subprocess that cannot import it trains on synthetic
-data, an image folder and a TFDS ArrayRecord build, loads the workdir and predicts; what does
-need TensorFlow (tf.data, a TFRecord build, preparing a TFDS dataset, LiteRT) says so."""
+"""Training hosts need no TensorFlow: one subprocess that cannot import it, nor what only it
+brings in, trains on synthetic data, an image folder and a TFDS ArrayRecord build, loads the
+workdir and predicts; what does need TensorFlow (tf.data, a TFRecord build, preparing a TFDS
+dataset, LiteRT) says so."""
 
+import importlib.metadata as md
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 
 import numpy as np
 import pytest
+from packaging.requirements import Requirement
 from PIL import Image
 
 from tests.recipes import REPO
 
-# As if TensorFlow were not installed: the path finder does not see it (find_spec gives None,
-# import raises ModuleNotFoundError). sys.modules['tensorflow'] = None would not do: TFDS and
-# etils take a 'tensorflow' key in sys.modules for a loaded TensorFlow.
+# As if these modules were not installed: the path finder does not see them (find_spec gives
+# None, import raises ModuleNotFoundError). sys.modules['tensorflow'] = None would not do: TFDS
+# and etils take a 'tensorflow' key in sys.modules for a loaded TensorFlow.
 BLOCKER = """
 import importlib.machinery
 import sys
 
+HIDDEN = {hidden!r}
 
-class WithoutTensorFlow:
+
+class Without:
     def __init__(self, finder):
         self.finder = finder
 
@@ -29,15 +36,45 @@ class WithoutTensorFlow:
         return getattr(self.finder, name)
 
     def find_spec(self, name, path=None, target=None):
-        if name.partition(".")[0] == "tensorflow":
+        if name.partition(".")[0] in HIDDEN:
             return None
         return self.finder.find_spec(name, path, target)
 
 
-sys.meta_path[:] = [
-    WithoutTensorFlow(f) if f is importlib.machinery.PathFinder else f for f in sys.meta_path
-]
+sys.meta_path[:] = [Without(f) if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 """
+
+
+def _name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _closure(requirements: list[str]) -> set[str]:
+    """The installed distributions that ``requirements`` bring in, recursively."""
+    seen, todo = set(), [Requirement(r) for r in requirements]
+    while todo:
+        req = todo.pop()
+        if _name(req.name) in seen:
+            continue
+        try:
+            dist = md.distribution(req.name)
+        except md.PackageNotFoundError:
+            continue
+        seen.add(_name(req.name))
+        for r in map(Requirement, dist.requires or []):
+            if r.marker is None or any(r.marker.evaluate({"extra": e}) for e in ("", *req.extras)):
+                todo.append(r)
+    return seen
+
+
+def only_tensorflow_brings() -> list[str]:
+    """The top-level modules of TensorFlow and of what only it brings in here (h5py, keras, ...):
+    what a core install (pyproject's dependencies) lacks."""
+    core = _closure(tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"])
+    modules = md.packages_distributions()
+    extra = _closure(modules["tensorflow"]) - core - {"setuptools", "wheel"}  # pip's own.
+    return sorted(m for m, dists in modules.items() if all(_name(d) in extra for d in dists))
+
 
 DRIVER = """
 import contextlib, io, json, os, sys
@@ -142,6 +179,7 @@ def _jpegs(root, per_class: int, seed: int) -> None:
 def without_tf(tmp_path_factory):
     """The driver's results, run where TensorFlow cannot be imported; its data is made here,
     with TensorFlow (the TFDS builds)."""
+    pytest.importorskip("tensorflow")
     from tests.tfds_tiny import TinyPhotos
 
     root = tmp_path_factory.mktemp("notf")
@@ -154,7 +192,7 @@ def without_tf(tmp_path_factory):
     (root / "empty").mkdir()
     site = root / "site"
     site.mkdir()
-    (site / "sitecustomize.py").write_text(BLOCKER)
+    (site / "sitecustomize.py").write_text(BLOCKER.format(hidden=only_tensorflow_brings()))
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(site), str(REPO), os.environ.get("PYTHONPATH", "")]),
@@ -175,6 +213,7 @@ def without_tf(tmp_path_factory):
 
 def test_nothing_imports_tensorflow_on_a_training_host(without_tf):
     _, out = without_tf
+    assert {"tensorflow", "h5py", "keras"} <= set(only_tensorflow_brings())
     assert out["tensorflow_module"] is False
     assert out["import"] == "No module named 'tensorflow'"
 
