@@ -375,7 +375,7 @@ def resolve(
     if read:
         try:
             dataset_info = pipeline.get_dataset_info(resolved.data, cache_dir=cache_dir)
-            grain_pipeline.uses_grain(resolved.data)  # Says here if tf.data is needed, not there.
+            grain_pipeline.uses_grain(resolved.data)  # tf.data without TF fails here, not later.
         except (ValueError, FileNotFoundError, pipeline.NoTensorFlowError) as e:
             raise validate.ConfigError(f"data ({resolved.data.dataset!r}): {e}") from e
     check_augment_pipeline(resolved.data, open_tfds=read)

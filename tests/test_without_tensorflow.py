@@ -84,7 +84,6 @@ from resnet_jax import load, predict
 from resnet_jax.data import grain_pipeline, pipeline, prepare
 from resnet_jax.export import __main__ as export
 from resnet_jax.training import train_and_evaluate
-from resnet_jax.training.validate import ConfigError
 from tests import tfds_tiny  # noqa: F401  (registers tiny_photos, to prepare it below)
 from tests.recipes import tiny_synthetic_config
 
@@ -98,7 +97,7 @@ def run(name, **data):
         eval_batch_size=4, tensorboard=True, plot=True,
     )
     config.data.update({"image_size": 8, "workers": 0, **data})
-    return config, train_and_evaluate(config, os.path.join(root, name))
+    return train_and_evaluate(config, os.path.join(root, name))["eval"]
 
 
 def error(call):
@@ -127,9 +126,8 @@ it = grain_pipeline.create_train_iterator(
 )
 out["digits"] = list(next(it)["image"].shape)
 
-folder, result = run("folder", dataset="folder", folder=os.path.join(root, "train"),
-                     eval_folder=os.path.join(root, "eval"))
-out["folder"] = result["eval"]
+out["folder"] = run("folder", dataset="folder", folder=os.path.join(root, "train"),
+                    eval_folder=os.path.join(root, "eval"))
 preds = os.path.join(root, "preds.json")
 jpegs = [os.path.join(root, "eval", c) for c in ("a", "b")]
 out["predict"] = predict.main([*jpegs, "--checkpoint", os.path.join(root, "folder"),
@@ -137,8 +135,7 @@ out["predict"] = predict.main([*jpegs, "--checkpoint", os.path.join(root, "folde
 out["predictions"] = json.load(open(preds))
 out["classes"] = list(load(os.path.join(root, "folder")).classes)
 
-tfds, result = run("tfds", dataset="tiny_photos", data_dir=os.path.join(root, "array_record"))
-out["tfds"] = result["eval"]
+out["tfds"] = run("tfds", dataset="tiny_photos", data_dir=os.path.join(root, "array_record"))
 
 for name, data in {
     "tfrecord": {"dataset": "tiny_photos", "data_dir": os.path.join(root, "tfrecord")},
@@ -226,7 +223,9 @@ def test_synthetic_digits_folder_and_tfds_array_record_train_without_tensorflow(
     assert out["folder"]["count"] == 6  # The eval folder, every image once.
     assert out["tfds"]["count"] == 4  # TinyPhotos' validation split.
     for result in (out["folder"], out["tfds"]):
-        assert 0 <= result["top1"] <= 1 and np.isfinite(result["loss"])
+        correct = result["top1"] * result["count"]
+        assert correct == pytest.approx(round(correct)) and np.isfinite(result["loss"])
+        assert 0 <= result["top1"] <= 1
     assert (root / "folder" / "curves.png").is_file()
     assert any((root / "folder" / "tensorboard").iterdir())
 

@@ -13,10 +13,8 @@ DCT-scaled (``Image.draft``) when the window is at least twice the output size, 
 resize and flip are one resample of the decoded image. Evaluation pixels are
 ``resnet_jax.images.pixels``, the same as ``predict``'s.
 
-No TensorFlow is needed: TFDS opens an ArrayRecord build and ``tfds.data_source`` reads its
-records without it (images are decoded here, not by TFDS). Where the pipeline needs tf.data
-(``data.pipeline='tfdata'``, a TFRecord-only build) and TensorFlow is missing, ``uses_grain``
-says so.
+No TensorFlow is needed: TFDS opens an ArrayRecord build and ``tfds.data_source`` reads it
+without it. ``uses_grain`` says where tf.data, and so TensorFlow, would be needed instead.
 """
 
 from __future__ import annotations
