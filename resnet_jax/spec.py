@@ -375,7 +375,8 @@ def resolve(
     if read:
         try:
             dataset_info = pipeline.get_dataset_info(resolved.data, cache_dir=cache_dir)
-        except (ValueError, FileNotFoundError) as e:
+            grain_pipeline.uses_grain(resolved.data)  # tf.data without TF fails here, not later.
+        except (ValueError, FileNotFoundError, pipeline.NoTensorFlowError) as e:
             raise validate.ConfigError(f"data ({resolved.data.dataset!r}): {e}") from e
     check_augment_pipeline(resolved.data, open_tfds=read)
     steps_per_epoch = dataset_info.num_train // resolved.batch_size

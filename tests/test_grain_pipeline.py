@@ -1,11 +1,7 @@
-"""The Grain input pipeline: epochs, shards, exact resume without replay, eval pixels, no TF."""
+"""The Grain input pipeline: epochs, shards, exact resume without replay, eval pixels."""
 
 import io
 import logging
-import os
-import subprocess
-import sys
-import textwrap
 
 import numpy as np
 import pytest
@@ -264,37 +260,6 @@ def test_a_folder_is_scanned_once_per_process_and_then_read_from_the_workdir(
     folder._scanned.clear()  # A new process: the workdir's index, no scan.
     assert pipeline.get_dataset_info(config, cache_dir=str(tmp_path)) == info
     assert len(scans) == 1
-
-
-def test_the_grain_pipeline_runs_without_tensorflow(photos, tmp_path):
-    blocker = tmp_path / "site"
-    blocker.mkdir()
-    (blocker / "sitecustomize.py").write_text(
-        "import sys\nsys.modules['tensorflow'] = None  # import tensorflow raises ImportError\n"
-    )
-    driver = textwrap.dedent(f"""
-        import sys
-        from resnet_jax.data import grain_pipeline, pipeline
-        datasets = ({{"dataset": "digits"}}, {{"dataset": "folder", "folder": {str(photos)!r}}})
-        if __name__ == "__main__":
-            for fields in datasets:
-                config = pipeline.default_data_config()
-                config.update({{"image_size": 16, "workers": 1, **fields}})
-                it = grain_pipeline.create_train_iterator(
-                    config, global_batch_size=4, seed=0, process_index=0, process_count=1)
-                print(fields["dataset"], next(it)["image"].shape)
-            try:
-                import tensorflow
-            except ImportError:
-                print("no tensorflow")
-    """)
-    env = {**os.environ, "PYTHONPATH": f"{blocker}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-    result = subprocess.run(
-        [sys.executable, "-c", driver], env=env, capture_output=True, text=True, timeout=300
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    lines = result.stdout.split("\n")
-    assert lines[:3] == ["digits (4, 16, 16, 3)", "folder (4, 16, 16, 3)", "no tensorflow"]
 
 
 def test_a_tfds_array_record_build_is_read_through_data_source(tmp_path):

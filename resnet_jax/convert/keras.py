@@ -16,10 +16,9 @@ from __future__ import annotations
 import io
 import os
 import zipfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
-import h5py
 import numpy as np
 
 from resnet_jax.convert.common import Variables, convert, resolve_model
@@ -30,6 +29,9 @@ from resnet_jax.convert.keras_layout import (
     keras_layout,
     keras_weighted_layers,
 )
+
+if TYPE_CHECKING:
+    import h5py
 
 
 class KerasLayerOrderError(ValueError):
@@ -46,6 +48,8 @@ def model_arrays(keras_model: Any) -> dict[str, np.ndarray]:
 
 
 def _open_h5(path: str | os.PathLike) -> h5py.File:
+    import h5py  # The `reference` extra's: loading any checkpoint imports this module.
+
     if zipfile.is_zipfile(path):  # a .keras archive holds model.weights.h5
         with zipfile.ZipFile(path) as archive:
             if "model.weights.h5" not in archive.namelist():

@@ -13,8 +13,8 @@ DCT-scaled (``Image.draft``) when the window is at least twice the output size, 
 resize and flip are one resample of the decoded image. Evaluation pixels are
 ``resnet_jax.images.pixels``, the same as ``predict``'s.
 
-Folders and digits need no TensorFlow. TFDS datasets still do: ``import tensorflow_datasets``
-(4.9.10) imports TensorFlow, and checking a build's file format goes through its builder.
+No TensorFlow is needed: TFDS opens an ArrayRecord build and ``tfds.data_source`` reads it
+without it. ``uses_grain`` says where tf.data, and so TensorFlow, would be needed instead.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ TFDS_FORMAT_HINT = (
     "The Grain pipeline reads TFDS datasets stored as ArrayRecord: prepare with `tfds build "
     "{name} --data_dir={data_dir} --file_format=array_record`, or add ArrayRecord files next to "
     "an existing TFRecord build with `tfds convert_format --dataset_version_dir={data_dir}/"
-    "{name}/<version> --out_file_format=array_record`; or set --config.data.pipeline=tfdata."
+    "{name}/<version> --out_file_format=array_record`"
 )
 
 
@@ -117,7 +117,7 @@ def make_source(config: Any, *, train: bool, cache_dir: str | None = None) -> An
         return TfdsSource(config.dataset, split, config.data_dir)
     except (FileNotFoundError, ValueError) as e:
         hint = TFDS_FORMAT_HINT.format(name=config.dataset, data_dir=config.data_dir or "DIR")
-        raise FileNotFoundError(f"{e}\n{hint}") from e
+        raise FileNotFoundError(f"{e}\n{hint}; or set --config.data.pipeline=tfdata.") from e
 
 
 # Pillow transforms on one record.
@@ -430,10 +430,13 @@ def create_eval_iterator(
 def uses_grain(config: Any) -> bool:
     """Whether ``data.pipeline`` picks Grain for this dataset. Synthetic data has its own NumPy
     stream; a TFDS build without ArrayRecord files keeps tf.data, with a warning saying how to
-    convert it."""
+    convert it. Raises NoTensorFlowError where tf.data would be needed and TF is missing."""
     config = pipeline.with_defaults(config)
     presets.check_choice("data.pipeline", config.pipeline, ("grain", "tfdata"))
-    if config.pipeline == "tfdata" or config.dataset == "synthetic":
+    if config.dataset == "synthetic":
+        return False
+    if config.pipeline == "tfdata":
+        pipeline.require_tensorflow(pipeline.TFDATA, ", or set --config.data.pipeline=grain")
         return False
     if config.dataset in ("digits", "folder"):
         return True
@@ -445,7 +448,12 @@ def uses_grain(config: Any) -> bool:
     if "array_record" in [getattr(f, "value", f) for f in formats]:
         return True
     hint = TFDS_FORMAT_HINT.format(name=config.dataset, data_dir=config.data_dir or "DIR")
-    logging.warning("%s is stored as %s: reading it with tf.data. %s", config.dataset, fmt, hint)
+    fmt = getattr(fmt, "value", fmt)
+    pipeline.require_tensorflow(
+        f"Reading TFDS dataset {config.dataset!r}, stored as {fmt} (which only tf.data reads),",
+        f"; or convert the build to ArrayRecord where TensorFlow is installed. {hint}",
+    )
+    logging.warning("%s is stored as %s: reading it with tf.data. %s.", config.dataset, fmt, hint)
     return False
 
 

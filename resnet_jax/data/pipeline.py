@@ -11,7 +11,8 @@ Records whose bytes cannot be an image (empty, not an image format, truncated JP
 skipped with a warning naming them. A training epoch keeps its length: the first good records
 of the same shuffled epoch fill the places of skipped ones, so resuming stays exact.
 
-TensorFlow and TFDS are imported inside functions only: ``import resnet_jax.data`` stays TF-free.
+TensorFlow and TFDS are imported inside functions only: ``import resnet_jax.data`` stays TF-free,
+and TensorFlow is an extra (``resnet-jax[tf]``) that training hosts on the Grain path lack.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
+from importlib.util import find_spec
 from typing import Any
 
 import ml_collections
@@ -26,6 +28,8 @@ import numpy as np
 from absl import logging
 
 from resnet_jax.data import digits, folder, presets, shards, synthetic
+
+TFDATA = "The tf.data input pipeline (data.pipeline='tfdata')"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,6 +40,21 @@ class DatasetInfo:
     num_train: int
     num_eval: int
     class_names: tuple[str, ...] | None
+
+
+class NoTensorFlowError(ModuleNotFoundError):
+    """TensorFlow is not installed and what was asked for needs it."""
+
+
+def require_tensorflow(needed_for: str, other_fix: str = "") -> None:
+    """Raises NoTensorFlowError saying that ``needed_for`` needs TensorFlow and how to add it,
+    where TensorFlow is not installed."""
+    if find_spec("tensorflow") is None:
+        raise NoTensorFlowError(
+            f"{needed_for} needs TensorFlow, which is not installed: `pip install "
+            f"'resnet-jax[tf]'` adds it{other_fix}.",
+            name="tensorflow",
+        )
 
 
 def _optional_str() -> ml_collections.FieldReference:
@@ -271,6 +290,7 @@ def create_train_iterator(
             process_index=index,
             process_count=count,
         )
+    require_tensorflow(TFDATA)
     import tensorflow as tf
 
     from resnet_jax.data import preprocess
@@ -331,6 +351,7 @@ def create_eval_iterator(
             process_index=index,
             process_count=count,
         )
+    require_tensorflow(TFDATA)
     import tensorflow as tf
 
     from resnet_jax.data import preprocess

@@ -41,6 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import ml_collections
 
+    from resnet_jax.data.pipeline import NoTensorFlowError
     from resnet_jax.data.sources import tfds_builder
 
     config = ml_collections.ConfigDict(
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         data_dir.mkdir(parents=True, exist_ok=True)  # A new data_dir is what this is for.
         builder = tfds_builder(config)
-    except (ValueError, OSError) as e:
+    except (ValueError, OSError, NoTensorFlowError) as e:
         if created and data_dir.is_dir() and not any(data_dir.iterdir()):
             data_dir.rmdir()  # Nothing half-made is left behind.
         print(f"error: {e}", file=sys.stderr)

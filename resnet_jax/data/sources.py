@@ -1,13 +1,14 @@
 """Where examples come from: TFDS builders, in-memory arrays and image files, as tf.data records.
 
 A ``Source`` is one process's shard in a fixed order, not yet decoded, so that shuffling and
-skipping (for resume) stay cheap; the pipeline decodes after both. Imports TensorFlow; only
-the pipeline imports this module, lazily.
+skipping (for resume) stay cheap; the pipeline decodes after both. TensorFlow is imported on
+first use: opening a TFDS build (``tfds_builder``, for Grain too) needs none.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import os
 import sys
 import threading
@@ -15,14 +16,21 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-import tensorflow as tf
 from absl import logging
-from etils import epath
+from etils import epath, epy
 
-from resnet_jax.data import preprocess  # noqa: F401  (hides GPUs from TF on import)
+from resnet_jax.data import pipeline
 from resnet_jax.data.shards import even_shard, train_shard
 
-Example = dict[str, tf.Tensor]
+
+def _hide_gpus(_: str) -> None:
+    importlib.import_module("resnet_jax.data.preprocess")  # Hides the GPUs from TF on import.
+
+
+with epy.lazy_imports(success_callback=_hide_gpus):  # TF is imported on first use.
+    import tensorflow as tf
+
+Example = dict[str, Any]
 SPECIAL_DATASETS = ("digits", "folder", "synthetic")
 TFDS_EXAMPLES = ("imagenet2012", "imagenette", "tf_flowers", "cifar10")
 _FILE_ORDER_SEED = 0  # Mixes classes before sharding folders; part of the data definition.
@@ -202,6 +210,7 @@ def tfds_builder(config: Any) -> Any:
             f"download and prepare it once with `{command}`, or rerun with "
             "--config.data.download=True to let the run download it (needs network)."
         )
+    pipeline.require_tensorflow(f"Preparing TFDS dataset {config.dataset!r}")
     download_config = tfds.download.DownloadConfig(manual_dir=config.get("manual_dir"))
     try:
         builder.download_and_prepare(download_config=download_config)
