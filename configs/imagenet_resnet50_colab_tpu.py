@@ -4,8 +4,15 @@ Imagenette (10 ImageNet classes, ~9.5k training images) at 224 px fits a Colab s
 global batch 256, bf16, SGD + Nesterov, cosine over 40 epochs, label smoothing 0.1.
 Point it at ImageNet with ``--config.data.dataset=imagenet2012`` if you have it prepared.
 
+fast.ai's Imagenette archive (imagenette2-320.tgz, JPEGs in class folders) needs no TensorFlow;
+the Colab notebook trains on it this way:
+
     python train.py --config=configs/imagenet_resnet50_colab_tpu.py --workdir=/content/rn50 \
-        --config.data.download=True  # The first run downloads Imagenette from TFDS (1.5 GB).
+        --config.data.dataset=folder --config.data.folder=/content/data/imagenette2-320/train \
+        --config.data.eval_folder=/content/data/imagenette2-320/val
+
+As written it reads TFDS's ``imagenette`` (1.5 GB; ``--config.data.download=True`` prepares it
+the first time, with TensorFlow Datasets).
 """
 
 import ml_collections

@@ -1,14 +1,15 @@
 """The Colab notebooks: committed clean, linked from the README, and run end to end headless.
 
 Execution uses the notebooks' smoke mode (``RESNET_JAX_SMOKE=1``): no network (random weights,
-scikit-learn's bundled digits), small sizes, the CPU. Every code cell runs, as on Colab; only
-sizes and data sources differ. The notebooks' ``%pip install`` cells run offline: they must
-find everything installed already (``pip install -e '.[test]'``), and a failed install stops
-the notebook.
+scikit-learn's bundled digits, a tiny Imagenette archive written here), small sizes, the CPU.
+Every code cell runs, as on Colab; only sizes and data sources differ. The notebooks' ``%pip
+install`` cells run offline: they must find everything installed already (``pip install -e
+'.[test]'``), and a failed install stops the notebook.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -17,9 +18,13 @@ import re
 import site
 import subprocess
 import sys
+import tarfile
 import time
 
+import numpy as np
 import pytest
+
+from tests.mini_ilsvrc import _add, _jpeg
 
 nbformat = pytest.importorskip("nbformat")
 
@@ -163,9 +168,30 @@ def _has_png(cell) -> bool:
     return any("image/png" in out.get("data", {}) for out in cell.get("outputs", []))
 
 
+# Three of Imagenette's classes: tench, English springer, cassette player.
+SYNSETS = ("n01440764", "n02102040", "n02979186")
+TRAIN_PER_CLASS, VAL_PER_CLASS = 24, 8
+
+
+def _write_tiny_imagenette(path: pathlib.Path) -> list[str]:
+    """A .tgz laid out as fast.ai's imagenette2-320.tgz, with small JPEGs whose mean colour
+    tells the class; returns the files' paths in it."""
+    rng = np.random.default_rng(0)
+    names = []
+    with tarfile.open(path, "w:gz") as tar:
+        for synset in SYNSETS:
+            color = rng.integers(40, 216, size=3)
+            for split, count in (("train", TRAIN_PER_CLASS), ("val", VAL_PER_CLASS)):
+                for i in range(count):
+                    names.append(f"imagenette2-320/{split}/{synset}/{synset}_{i}.JPEG")
+                    _add(tar, names[-1], _jpeg(rng, color, (40, 48)))
+    return names
+
+
 @pytest.fixture
 def smoke_env(monkeypatch, tmp_path):
-    """What CI gives the kernel: smoke mode, this checkout, no network, private caches."""
+    """What CI gives the kernel: smoke mode, this checkout, no network, private caches, and a
+    tiny Imagenette archive at a file:// URL."""
     monkeypatch.setenv("RESNET_JAX_SMOKE", "1")
     monkeypatch.setenv("RESNET_JAX_REPO", str(REPO))
     monkeypatch.setenv("RESNET_JAX_PACKAGE", "resnet-jax")
@@ -177,6 +203,11 @@ def smoke_env(monkeypatch, tmp_path):
     for name in ("MPLBACKEND", "XLA_FLAGS", "KERAS_BACKEND"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("JAX_PLATFORMS", "cpu")
+    archive = tmp_path / "imagenette2-320.tgz"
+    _write_tiny_imagenette(archive)
+    monkeypatch.setenv("RESNET_JAX_IMAGENETTE_URL", archive.as_uri())
+    sha256 = hashlib.sha256(archive.read_bytes()).hexdigest()
+    monkeypatch.setenv("RESNET_JAX_IMAGENETTE_SHA256", sha256)
     work = tmp_path / "work"
     work.mkdir()
     return work
@@ -222,11 +253,66 @@ def test_a_failed_pip_install_stops_the_notebook(smoke_env, kernel_dir, monkeypa
     assert error.value.evalue.endswith(" failed (exit status 1).")
 
 
+def test_the_data_cell_checks_the_archive_and_extracts_it_once(smoke_env, kernel_dir):
+    """Smoke mode without an archive stops at once (it would download Imagenette); a download
+    with another SHA-256 stops the notebook and leaves nothing behind; the next run extracts
+    every file; after that the cell neither downloads nor extracts again."""
+    url = os.environ["RESNET_JAX_IMAGENETTE_URL"]
+    sha256 = os.environ["RESNET_JAX_IMAGENETTE_SHA256"]
+    train_nb = _read(COLAB / "train_resnet50_colab_tpu.ipynb")
+    settings, data = _cell(train_nb, "settings").source, _cell(train_nb, "data").source
+    new, raises = nbformat.v4.new_code_cell, {"tags": ["raises-exception"]}
+    nb = nbformat.v4.new_notebook(
+        cells=[
+            new('import os; url = os.environ.pop("RESNET_JAX_IMAGENETTE_URL")', id="no-archive"),
+            new(settings, id="smoke-offline", metadata=raises),
+            new('os.environ["RESNET_JAX_IMAGENETTE_URL"] = url', id="archive"),
+            new(settings, id="settings"),
+            new('IMAGENETTE_SHA256 = "0" * 64', id="wrong-sha"),
+            new(data, id="wrong", metadata=raises),
+            new("print(sorted(os.listdir(DATA_DIR)))", id="left"),
+            new(f"IMAGENETTE_SHA256 = {sha256!r}", id="right-sha"),
+            new(data, id="first"),
+            new('IMAGENETTE_URL = "file:///nowhere/imagenette2-320.tgz"', id="no-url"),
+            new(data, id="again"),
+        ]
+    )
+    path = smoke_env / "data_only.ipynb"
+    nbformat.write(nb, path)
+    nb, _ = _run(path, smoke_env, kernel_dir)
+    error = next(o for o in _cell(nb, "smoke-offline").outputs if o.output_type == "error")
+    assert (error.ename, error.evalue) == (
+        "RuntimeError",
+        "Smoke mode is offline: set RESNET_JAX_IMAGENETTE_URL (and _SHA256) to a small archive "
+        "laid out as Imagenette's; tests/test_notebooks.py writes one.",
+    )
+    error = next(o for o in _cell(nb, "wrong").outputs if o.output_type == "error")
+    assert (error.ename, error.evalue) == (
+        "RuntimeError",
+        f"{url} arrived with SHA-256 {sha256}, not {'0' * 64}: the download is broken or the "
+        "file has changed. Run this cell again to download it anew.",
+    )
+    assert _text(_cell(nb, "left")) == "[]\n"  # No partial archive, no half-extracted folder.
+    counts = f"{3 * TRAIN_PER_CLASS} training and {3 * VAL_PER_CLASS} validation images of 3 "
+    counts += f"classes: {', '.join(SYNSETS)}\n"
+    assert _text(_cell(nb, "first")) == f"Downloading {url} ...\n{counts}"
+    folder = smoke_env / "data" / "imagenette2-320"
+    assert _text(_cell(nb, "again")) == f"Already extracted: {folder}\n{counts}"
+    with tarfile.open(pathlib.Path(url.removeprefix("file://"))) as tar:
+        archived = {m.name: tar.extractfile(m).read() for m in tar.getmembers() if m.isfile()}
+    extracted = {
+        str(f.relative_to(smoke_env / "data")): f.read_bytes()
+        for f in folder.rglob("*")
+        if f.is_file()
+    }
+    assert extracted == archived and os.listdir(smoke_env / "data") == ["imagenette2-320"]
+
+
 # Appended to the training notebook: the eval step on each shown image alone (a one-hot mask),
 # against what the predict cell showed, and the shown pixels against the batch's uint8 pixels.
 EVAL_CHECK = """
 import json, types
-from resnet_jax.data import presets
+from resnet_jax.data import pipeline, presets
 from resnet_jax.training.steps import eval_step
 
 preset = presets.data_preset(pipeline.with_defaults(config.data))
@@ -250,22 +336,49 @@ print(json.dumps({
     "loss_diff": float(np.max(np.abs([float(e["loss"][0]) for e in evals] - shown_loss))),
     "pixels": [float(pixels.min()), float(pixels.max())],
     "pixels_diff": float(np.max(np.abs(pixels * 255.0 - batch["image"]))),
+    "tensorflow": tensorflow_importable,
 }))
+"""
+# Prepended to it: whether the kernel could import TensorFlow after the whole run.
+TF_CHECK = """
+try:
+    import tensorflow
+    tensorflow_importable = True
+except ImportError:
+    tensorflow_importable = False
 """
 
 
-def test_train_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
+@pytest.fixture
+def without_tensorflow(monkeypatch, tmp_path):
+    """The kernel (and the processes it starts) cannot import TensorFlow, as on Colab's TPU."""
+    blocker = tmp_path / "no_tensorflow"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text(
+        "import sys\nsys.modules['tensorflow'] = None  # import tensorflow raises ImportError\n"
+    )
+    path = [str(blocker), *filter(None, [os.environ.get("PYTHONPATH")])]
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(path))
+
+
+def test_train_notebook_runs_in_smoke_mode(smoke_env, kernel_dir, without_tensorflow):
     nb = _read(COLAB / "train_resnet50_colab_tpu.ipynb")
-    nb.cells.append(nbformat.v4.new_code_cell(EVAL_CHECK, id="eval-check"))
+    assert "tensorflow" not in _cell(nb, "install").source.lower()  # Installs the package alone.
+    nb.cells.append(nbformat.v4.new_code_cell(TF_CHECK + EVAL_CHECK, id="eval-check"))
     path = smoke_env / "train_resnet50_colab_tpu.ipynb"
     nbformat.write(nb, path)
     nb, seconds = _run(path, smoke_env, kernel_dir)
     print(f"train_resnet50_colab_tpu.ipynb: {seconds:.0f} s", file=sys.stderr)
     assert "Run for this runtime (smoke)" in _text(_cell(nb, "devices"))
+    # The archive went through the same download, checksum and extraction as on Colab.
+    data = _text(_cell(nb, "data")).splitlines()
+    assert data[0] == f"Downloading {os.environ['RESNET_JAX_IMAGENETTE_URL']} ..."
+    n_train, n_val, classes = 3 * TRAIN_PER_CLASS, 3 * VAL_PER_CLASS, ", ".join(SYNSETS)
+    assert data[1] == f"{n_train} training and {n_val} validation images of 3 classes: {classes}"
     top1 = re.search(r"validation top-1 ([0-9.]+)", _text(_cell(nb, "train")))
     assert top1 and 0.0 <= float(top1.group(1)) <= 1.0
     assert re.search(r"median [0-9,]+ images/s", _text(_cell(nb, "throughput")))
-    workdir = smoke_env / "workdir" / "resnet50_digits_32px"
+    workdir = smoke_env / "workdir" / "resnet50_imagenette_32px"
     assert (workdir / "curves.png").stat().st_size > 0
     assert (workdir / "metrics.jsonl").exists() and (workdir / "checkpoints").is_dir()
     assert _has_png(_cell(nb, "curves")) and _has_png(_cell(nb, "predict"))
@@ -278,6 +391,7 @@ def test_train_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
     # The shown pixels are the batch's own, in [0, 1], not normalised values clipped to white.
     assert 0.0 <= check["pixels"][0] and check["pixels"][1] <= 1.0, check
     assert check["pixels_diff"] < 1e-3, check
+    assert check["tensorflow"] is False, check  # The whole run went without TensorFlow.
 
 
 def test_verify_notebook_runs_in_smoke_mode(smoke_env, kernel_dir):
