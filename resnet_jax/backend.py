@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -80,7 +81,9 @@ def _accepted(items: tuple[tuple[str, str], ...]) -> bool:
     return True
 
 
-def _is_pointwise(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count):
+def _is_pointwise(
+    lhs, rhs, padding, *, lhs_dilation=None, dimension_numbers=None, feature_group_count=1, **kw
+) -> bool:
     """A 1x1, unpadded, undilated, ungrouped NHWC/HWIO convolution: a matrix product."""
     if lhs.ndim != 4 or rhs.ndim != 4:
         return False
@@ -94,47 +97,26 @@ def _is_pointwise(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_gr
         and rhs.shape[:2] == (1, 1)
         and unpadded
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and feature_group_count == 1
+        and feature_group_count == kw.get("batch_group_count", 1) == 1
     )
 
 
 def pointwise_as_matmul(
-    lhs: jax.Array,
-    rhs: jax.Array,
-    window_strides,
-    padding,
-    *,
-    lhs_dilation=None,
-    rhs_dilation=None,
-    dimension_numbers=None,
-    feature_group_count: int = 1,
-    precision=None,
-    preferred_element_type=None,
+    lhs: jax.Array, rhs: jax.Array, window_strides, padding, **kw: Any
 ) -> jax.Array:
-    """``lax.conv_general_dilated``, with 1x1 convolutions as matrix products over every
-    stride-th pixel: bfloat16 products accumulated in float32 and rounded once, as XLA:CPU's
-    convolution does."""
-    if not _is_pointwise(lhs, rhs, padding, lhs_dilation, dimension_numbers, feature_group_count):
-        return jax.lax.conv_general_dilated(
-            lhs,
-            rhs,
-            window_strides,
-            padding,
-            lhs_dilation=lhs_dilation,
-            rhs_dilation=rhs_dilation,
-            dimension_numbers=dimension_numbers,
-            feature_group_count=feature_group_count,
-            precision=precision,
-            preferred_element_type=preferred_element_type,
-        )
+    """``lax.conv_general_dilated`` (same arguments), with 1x1 convolutions as matrix products
+    over every stride-th pixel: bfloat16 products accumulated in float32 and rounded once, as
+    XLA:CPU's convolution does."""
+    if not _is_pointwise(lhs, rhs, padding, **kw):
+        return jax.lax.conv_general_dilated(lhs, rhs, window_strides, padding, **kw)
     sh, sw = window_strides
-    out_dtype = preferred_element_type or jnp.result_type(lhs, rhs)
+    out_dtype = kw.get("preferred_element_type") or jnp.result_type(lhs, rhs)
     accumulate = jnp.float32 if out_dtype == jnp.bfloat16 else out_dtype
     y = jax.lax.dot_general(
         jax.lax.slice(lhs, (0,) * 4, lhs.shape, (1, sh, sw, 1)),
         rhs[0, 0],
         (((3,), (0,)), ((), ())),
-        precision=precision,
+        precision=kw.get("precision"),
         preferred_element_type=accumulate,
     )
     return y.astype(out_dtype)

@@ -137,13 +137,17 @@ class Checkpointer:
         """Steps of the finished checkpoints on disk, oldest first."""
         return list(self.manager.all_steps())
 
-    def save(self, step: int, state: Any, meta: dict[str, Any], *, force: bool = True) -> bool:
+    def save(self, step: int, state: Any, meta: dict[str, Any]) -> bool:
         """Starts an asynchronous save; returns at once while the write continues."""
         meta = {**meta, CHECKSUM: state_checksum(state)}
         args = ocp.args.Composite(
             **{STATE: ocp.args.StandardSave(state), META: ocp.args.JsonSave(meta)}
         )
-        return self.manager.save(step, args=args, force=force)
+        return self.manager.save(step, args=args, force=True)
+
+    def state_metadata(self, step: int) -> dict[str, Any]:
+        """The saved state's tree of shapes and dtypes, read without restoring it."""
+        return dict(self.manager.item_metadata(step)[STATE].tree)
 
     def read_meta(self, step: int | None = None) -> dict[str, Any] | None:
         """The JSON metadata of ``step`` (default: latest), or None without checkpoints."""
@@ -194,8 +198,7 @@ class Checkpointer:
         none = [f.name for f in dataclasses.fields(abstract) if getattr(abstract, f.name) is None]
         if not none:
             return []
-        saved = self.manager.item_metadata(step)[STATE].tree
-        return [name for name in none if name not in saved]
+        return [name for name in none if name not in self.state_metadata(step)]
 
     def restore_latest(
         self,

@@ -144,8 +144,7 @@ class DataParallel:
     def replicate(self, tree: Any) -> Any:
         """Host or single-device pytree -> the state layout the compiled steps take."""
         if self.mode == "pmap":
-            n = len(self.local_devices)
-            sharding = NamedSharding(_local_mesh(self), P(PMAP_AXIS))
+            n, sharding = len(self.local_devices), _pmap_sharding(tuple(self.local_devices))
             return jax.tree.map(
                 lambda x: jax.device_put(
                     np.broadcast_to(np.asarray(x), (n, *np.shape(x))), sharding
@@ -163,8 +162,7 @@ class DataParallel:
     def shard_batch(self, local_batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """This process's rows of the global batch -> arrays split over the devices."""
         if self.mode == "pmap":
-            n = len(self.local_devices)
-            sharding = NamedSharding(_local_mesh(self), P(PMAP_AXIS))
+            n, sharding = len(self.local_devices), _pmap_sharding(tuple(self.local_devices))
             return {
                 k: jax.device_put(v.reshape(n, -1, *v.shape[1:]), sharding)
                 for k, v in local_batch.items()
@@ -176,12 +174,10 @@ class DataParallel:
 
 
 @functools.lru_cache(maxsize=8)
-def _local_mesh_cached(devices: tuple) -> Mesh:
-    return Mesh(np.array(devices), (PMAP_AXIS,), axis_types=(AxisType.Auto,))
-
-
-def _local_mesh(parallel: DataParallel) -> Mesh:
-    return _local_mesh_cached(tuple(parallel.local_devices))
+def _pmap_sharding(local_devices: tuple) -> NamedSharding:
+    """pmap's layout: one row of the leading axis per local device."""
+    mesh = Mesh(np.array(local_devices), (PMAP_AXIS,), axis_types=(AxisType.Auto,))
+    return NamedSharding(mesh, P(PMAP_AXIS))
 
 
 def create_data_parallel(

@@ -37,19 +37,6 @@ OUTPUT_SUFFIXES = (".json", ".csv")
 FEATURES_SUFFIX = ".npz"
 
 
-def _write_atomically(path: str | os.PathLike, data: bytes) -> None:
-    """Writes ``data`` to a temporary file beside ``path``, then moves it into place."""
-    path = epath.Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.tmp-{os.getpid()}"
-    try:
-        tmp.write_bytes(data)
-        tmp.replace(path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def write_predictions(predictions: list[Prediction], path: str | os.PathLike) -> None:
     """Writes predictions as JSON (a list of objects) or CSV (one row per image and rank)."""
     suffix = epath.Path(path).suffix
@@ -67,14 +54,14 @@ def write_predictions(predictions: list[Prediction], path: str | os.PathLike) ->
         text = buffer.getvalue()
     else:
         raise ValueError(f"Unsupported output {path}: use a .json or .csv file name.")
-    _write_atomically(path, text.encode())
+    storage.write_atomically(path, text)
 
 
 def write_features(names: list[str], feats: np.ndarray, path: str | os.PathLike) -> None:
     """Writes embeddings and their file names as an .npz (arrays 'features' and 'paths')."""
     buffer = io.BytesIO()
     np.savez(buffer, features=feats, paths=np.asarray(names))
-    _write_atomically(path, buffer.getvalue())
+    storage.write_atomically(path, buffer.getvalue())
 
 
 def format_table(predictions: list[Prediction]) -> str:

@@ -87,6 +87,24 @@ def remote_problem(p: PathLike, flag: str) -> str | None:
     return None
 
 
+def write_atomically(p: PathLike, data: str | bytes) -> None:
+    """Replaces the file ``p`` whole, never half-way: locally a temporary file beside it (one per
+    process) moved into place; on gs:// one upload, which replaces the object in one piece."""
+    p = epath.Path(p)
+    data = data.encode() if isinstance(data, str) else data
+    p.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(p):  # GCS has no renames.
+        p.write_bytes(data)
+        return
+    tmp = p.with_name(f".{p.name}.tmp-{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(p)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
 def save_figure(fig, p: PathLike) -> epath.Path:
     """Writes a matplotlib figure as PNG to ``p`` (local or gs://); returns the path."""
     p = path(p)

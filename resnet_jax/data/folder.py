@@ -214,10 +214,8 @@ def cached_scan(
     index = _scanned[key]
     if file is not None and write and stored.get("signature") != signature:
         try:  # A cache: hosts may write it at once (each its own temp name), or fail to.
-            file.parent.mkdir(parents=True, exist_ok=True)
-            tmp = file.with_name(f"{file.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"signature": signature, **dataclasses.asdict(index)}))
-            tmp.replace(file)
+            record = {"signature": signature, **dataclasses.asdict(index)}
+            storage.write_atomically(file, json.dumps(record))
         except OSError as e:
             logging.warning("Could not keep the folder index in %s (%s); it is rebuilt.", file, e)
     return index

@@ -26,11 +26,10 @@ SUFFIXES = (".onnx", ".tflite")
 class OnnxRunner:
     """An ONNX file in onnxruntime on the CPU: float32 images (N, H, W, C) -> logits."""
 
-    def __init__(self, path: str | os.PathLike, threads: int = 0):
+    def __init__(self, path: str | os.PathLike):
         import onnxruntime as ort
 
         options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
         options.log_severity_level = 3
         # Idle worker threads sleep instead of spinning: on a shared CPU they would take cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -49,10 +48,10 @@ class LiteRTRunner:
     fixed so the converter folds them); a batch runs as one call per image.
     """
 
-    def __init__(self, path: str | os.PathLike, threads: int | None = None):
+    def __init__(self, path: str | os.PathLike):
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self._interpreter = Interpreter(model_path=str(path))
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]
@@ -75,16 +74,16 @@ class LiteRTRunner:
         return np.stack([self._one(x) for x in np.asarray(images, np.float32)])
 
 
-def open_runner(path: str | os.PathLike, threads: int | None = None):
+def open_runner(path: str | os.PathLike):
     """An OnnxRunner or LiteRTRunner by file suffix."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such exported model file.")
     try:
         if path.suffix == ".onnx":
-            return OnnxRunner(path, threads or 0)
+            return OnnxRunner(path)
         if path.suffix == ".tflite":
-            return LiteRTRunner(path, threads)
+            return LiteRTRunner(path)
     except ImportError as e:
         raise ValueError(
             f"Running {path.name} needs {e.name}, which is not installed: "
@@ -128,9 +127,6 @@ class ExportedPredictor(Predictor):
             "An exported model gives logits only; extract features with the "
             "checkpoint it was exported from."
         )
-
-    def features(self, inputs):
-        self.check_can_embed()
 
 
 def load_exported_predictor(

@@ -19,8 +19,9 @@ from resnet_jax.models.layers import LayerFactory, avg_pool_2x2_ceil, subsample
 SHORTCUTS = ("conv", "avgpool", "zeropad", "none")
 
 
-def _label(block: nn.Module) -> str:
-    return f"{block.name} ({type(block).__name__})"
+def _label(module: nn.Module) -> str:
+    kind = type(module).__name__
+    return f"{module.name} ({kind})" if module.name else kind
 
 
 def check_input(block: nn.Module, x: jax.Array, channels: int) -> None:

@@ -124,14 +124,11 @@ def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
     """AvgPool2d(2, 2, ceil_mode=True, count_include_pad=False), the ResNet-D shortcut pool."""
     h, w = x.shape[1], x.shape[2]
     pads = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
-    summed = jax.lax.reduce_window(
-        jnp.pad(x, pads), jnp.array(0, x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
+    window = (1, 2, 2, 1)
+    total = lambda a: jax.lax.reduce_window(  # noqa: E731
+        jnp.pad(a, pads), jnp.array(0, x.dtype), jax.lax.add, window, window, "VALID"
     )
-    ones = jnp.pad(jnp.ones((1, h, w, 1), x.dtype), pads)
-    count = jax.lax.reduce_window(
-        ones, jnp.array(0, x.dtype), jax.lax.add, (1, 2, 2, 1), (1, 2, 2, 1), "VALID"
-    )
-    return summed / count
+    return total(x) / total(jnp.ones((1, h, w, 1), x.dtype))
 
 
 def subsample(x: jax.Array, stride: int) -> jax.Array:

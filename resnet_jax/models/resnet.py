@@ -14,12 +14,17 @@ import dataclasses
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import chex
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from resnet_jax.models.blocks import SHORTCUTS, BasicBlock, Bottleneck, PreActBottleneck
+from resnet_jax.models.blocks import (
+    SHORTCUTS,
+    BasicBlock,
+    Bottleneck,
+    PreActBottleneck,
+    check_input,
+)
 from resnet_jax.models.layers import LayerFactory, max_pool_3x3_s2, torch_linear_init
 
 VARIANTS = ("v1", "v1.5", "v2")
@@ -124,10 +129,6 @@ class ResNet(nn.Module):
         if errors:
             raise ValueError("Invalid ResNet configuration: " + "; ".join(errors) + ".")
 
-    def num_frozen_stages(self) -> int:
-        """frozen_stages with -1 resolved to the number of stages."""
-        return len(self.stage_sizes) if self.frozen_stages < 0 else self.frozen_stages
-
     def block_drop_path_rates(self) -> list[float]:
         """Per-block drop path rates, rising linearly from 0 to drop_path_rate (timm's rule)."""
         n = sum(self.stage_sizes)
@@ -145,12 +146,7 @@ class ResNet(nn.Module):
         self, x: jax.Array, train: bool = False, return_features: bool = False
     ) -> jax.Array | dict[str, jax.Array]:
         self.validate()
-        chex.assert_rank(x, 4, custom_message=f"{type(self).__name__} expects NHWC images")
-        if x.shape[-1] != self.in_channels:
-            raise ValueError(
-                f"{type(self).__name__} expects {self.in_channels} input channels (NHWC, "
-                f"channels last), got input of shape {x.shape}."
-            )
+        check_input(self, x, self.in_channels)
         L = LayerFactory(
             dtype=self.dtype,
             param_dtype=self.param_dtype,
@@ -162,7 +158,7 @@ class ResNet(nn.Module):
             train=train,
             conv_general_dilated=self.conv_general_dilated,
         )
-        frozen = self.num_frozen_stages()
+        frozen = len(self.stage_sizes) if self.frozen_stages < 0 else self.frozen_stages
         frozen_L = dataclasses.replace(L, train=False)  # BN on running statistics.
         features: dict[str, jax.Array] = {}
         x = self._stem(jnp.asarray(x, self.dtype), frozen_L if frozen else L)
@@ -193,27 +189,18 @@ class ResNet(nn.Module):
             x = jax.lax.stop_gradient(x) if whole else x
             features[f"layer{len(self.stage_sizes)}"] = x
 
-        if self.pooling == "avg":
-            x = jnp.mean(x, axis=(1, 2))
-            features["pooled"] = x
-        elif self.pooling == "max":
-            x = jnp.max(x, axis=(1, 2))
+        if self.pooling is not None:
+            x = (jnp.mean if self.pooling == "avg" else jnp.max)(x, axis=(1, 2))
             features["pooled"] = x
         if self.include_top:
-            dense_init = (
-                {
-                    "kernel_init": torch_linear_init(channels),
-                    "bias_init": torch_linear_init(channels),
-                }
-                if self.init_scheme == "he"
-                else {}
-            )
+            he = torch_linear_init(channels)
+            fc_init = {"kernel_init": he, "bias_init": he} if self.init_scheme == "he" else {}
             x = nn.Dense(
                 self.num_classes,
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 name="fc",
-                **dense_init,
+                **fc_init,
             )(x)
             x = jnp.asarray(x, jnp.float32)
             features["logits"] = x

@@ -60,26 +60,14 @@ def random_erasing(
     *,
     probability: float = 0.25,
     mode: str = "pixel",
-    min_area: float = 0.02,
-    max_area: float = 1 / 3,
-    min_aspect: float = 0.3,
-    max_aspect: float | None = None,
 ) -> jax.Array:
-    """Erases one random box in each normalised NHWC image with ``probability`` (timm's reprob;
-    0.25 in DeiT; timm's --remode default 'pixel')."""
+    """Erases one random box (timm's default area and aspect ranges) in each normalised NHWC
+    image with ``probability`` (timm's reprob; 0.25 in DeiT; timm's --remode default 'pixel')."""
     if mode not in MODES:
         raise ValueError(f"Unknown Random Erasing mode {mode!r}; expected one of {MODES}.")
     n, height, width, channels = images.shape
     k_apply, k_box, k_values = jax.random.split(key, 3)
-    boxes = boxes_from_uniforms(
-        jax.random.uniform(k_box, (n, ATTEMPTS, 4)),
-        height,
-        width,
-        min_area=min_area,
-        max_area=max_area,
-        min_aspect=min_aspect,
-        max_aspect=max_aspect,
-    )
+    boxes = boxes_from_uniforms(jax.random.uniform(k_box, (n, ATTEMPTS, 4)), height, width)
     boxes = boxes * (jax.random.uniform(k_apply, (n, 1)) < probability)
     if mode == "pixel":
         values = jax.random.normal(k_values, images.shape, jnp.float32)

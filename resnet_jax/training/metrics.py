@@ -34,8 +34,7 @@ def drop_rows_after(workdir: storage.PathLike, step: int) -> int:
 
     A run resumed from the checkpoint of ``step`` redoes the steps after it: their rows from the
     attempt that did not reach a checkpoint go, so that each (split, step) appears once. The
-    rows kept are left byte for byte; the file is replaced whole, never half-way (a temp file
-    and a rename; on gs:// one upload, which replaces the object in one piece).
+    rows kept are left byte for byte; the file is replaced whole (``storage.write_atomically``).
     """
     path = storage.path(workdir) / METRICS_FILE
     if not path.exists():
@@ -47,12 +46,7 @@ def drop_rows_after(workdir: storage.PathLike, step: int) -> int:
         return 0
     if kept and not kept[-1].endswith("\n"):
         kept[-1] += "\n"
-    if storage.is_remote(path):  # An upload replaces the object whole; GCS has no renames.
-        path.write_text("".join(kept))
-        return dropped
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(kept))
-    tmp.replace(path)
+    storage.write_atomically(path, "".join(kept))
     return dropped
 
 

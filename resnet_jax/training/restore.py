@@ -12,10 +12,9 @@ from typing import Any
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from resnet_jax import storage
-from resnet_jax.checkpoint import META, STATE, Checkpointer
+from resnet_jax.checkpoint import Checkpointer
 from resnet_jax.training.ema import variables_for_inference
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.workdir import CHECKPOINT_DIR, CONFIG_FILE
@@ -56,22 +55,9 @@ def load_variables(
         device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
         target = jax.tree.map(
             lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-            _state_metadata(directory, step),
+            ckpt.state_metadata(step),
         )
         state, meta = ckpt.restore(TrainState(**target), step=step)
     finally:
         ckpt.close()
     return variables_for_inference(state, use_ema), meta
-
-
-def _state_metadata(directory: str, step: int) -> dict[str, Any]:
-    """Shapes and dtypes of the saved train state, read without restoring it."""
-    manager = ocp.CheckpointManager(
-        directory,
-        item_handlers={STATE: ocp.StandardCheckpointHandler(), META: ocp.JsonCheckpointHandler()},
-        options=ocp.CheckpointManagerOptions(create=False),
-    )
-    try:
-        return dict(manager.item_metadata(step)[STATE].tree)
-    finally:
-        manager.close()
