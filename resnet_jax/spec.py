@@ -17,7 +17,7 @@ from typing import Any
 import ml_collections
 from absl import logging
 
-from resnet_jax.data import augment, grain_pipeline, pipeline, presets
+from resnet_jax.data import augment, grain_pipeline, pipeline, presets, sources
 from resnet_jax.models import model_spec
 from resnet_jax.training import optim, validate
 
@@ -311,15 +311,13 @@ def check_recipe(config: ml_collections.ConfigDict, num_devices: int) -> None:
         raise validate.ConfigError("Invalid training recipe:\n  - " + "\n  - ".join(errors))
 
 
-def check_augment_pipeline(data: ml_collections.ConfigDict, *, open_tfds: bool) -> None:
+def check_augment_pipeline(data: ml_collections.ConfigDict, *, grain: bool | None) -> None:
     """Raises ConfigError when data.auto_augment is set but the run's input pipeline is not
-    Grain's, the only one that applies it; a TFDS build's file format is looked at only when
-    ``open_tfds``."""
-    if data.auto_augment in ("", "none") or (
-        data.pipeline == "grain"
-        and data.dataset != "synthetic"
-        and (not open_tfds or grain_pipeline.uses_grain(data))
-    ):
+    Grain's, the only one that applies it. ``grain`` is ``grain_pipeline.uses_grain``'s answer,
+    or None when the dataset was not opened (data.pipeline and data.dataset decide)."""
+    if grain is None:
+        grain = data.pipeline == "grain" and data.dataset != "synthetic"
+    if data.auto_augment in ("", "none") or grain:
         return
     raise validate.ConfigError(
         f"data.auto_augment={data.auto_augment!r} is applied by the Grain input pipeline only, "
@@ -371,14 +369,14 @@ def resolve(
     check_recipe(complete_config, num_devices)
     resolved = complete_config.as_configdict()
     resolved.data.update(source_data_fields(complete_config))
-    read = dataset_info is None
-    if read:
+    grain = None  # Whether Grain reads the data: known once the dataset is opened.
+    if dataset_info is None:
         try:
             dataset_info = pipeline.get_dataset_info(resolved.data, cache_dir=cache_dir)
-            grain_pipeline.uses_grain(resolved.data)  # tf.data without TF fails here, not later.
-        except (ValueError, FileNotFoundError, pipeline.NoTensorFlowError) as e:
+            grain = grain_pipeline.uses_grain(resolved.data)  # tf.data without TF fails here.
+        except (ValueError, FileNotFoundError, sources.NoTensorFlowError) as e:
             raise validate.ConfigError(f"data ({resolved.data.dataset!r}): {e}") from e
-    check_augment_pipeline(resolved.data, open_tfds=read)
+    check_augment_pipeline(resolved.data, grain=grain)
     steps_per_epoch = dataset_info.num_train // resolved.batch_size
     total_steps = resolved.num_train_steps
     if total_steps <= 0:

@@ -435,12 +435,13 @@ def uses_grain(config: Any) -> bool:
     presets.check_choice("data.pipeline", config.pipeline, ("grain", "tfdata"))
     if config.dataset == "synthetic":
         return False
+    from resnet_jax.data import sources
+
     if config.pipeline == "tfdata":
-        pipeline.require_tensorflow(pipeline.TFDATA, ", or set --config.data.pipeline=grain")
+        sources.require_tensorflow(sources.TFDATA, ", or set --config.data.pipeline=grain")
         return False
     if config.dataset in ("digits", "folder"):
         return True
-    from resnet_jax.data import sources
 
     info = sources.tfds_builder(config).info
     fmt = getattr(info, "file_format", None)
@@ -449,7 +450,7 @@ def uses_grain(config: Any) -> bool:
         return True
     hint = TFDS_FORMAT_HINT.format(name=config.dataset, data_dir=config.data_dir or "DIR")
     fmt = getattr(fmt, "value", fmt)
-    pipeline.require_tensorflow(
+    sources.require_tensorflow(
         f"Reading TFDS dataset {config.dataset!r}, stored as {fmt} (which only tf.data reads),",
         f"; or convert the build to ArrayRecord where TensorFlow is installed. {hint}",
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 from collections.abc import Iterator
-from importlib.util import find_spec
 from typing import Any
 
 import ml_collections
@@ -28,8 +27,6 @@ import numpy as np
 from absl import logging
 
 from resnet_jax.data import digits, folder, presets, shards, synthetic
-
-TFDATA = "The tf.data input pipeline (data.pipeline='tfdata')"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,21 +37,6 @@ class DatasetInfo:
     num_train: int
     num_eval: int
     class_names: tuple[str, ...] | None
-
-
-class NoTensorFlowError(ModuleNotFoundError):
-    """TensorFlow is not installed and what was asked for needs it."""
-
-
-def require_tensorflow(needed_for: str, other_fix: str = "") -> None:
-    """Raises NoTensorFlowError saying that ``needed_for`` needs TensorFlow and how to add it,
-    where TensorFlow is not installed."""
-    if find_spec("tensorflow") is None:
-        raise NoTensorFlowError(
-            f"{needed_for} needs TensorFlow, which is not installed: `pip install "
-            f"'resnet-jax[tf]'` adds it{other_fix}.",
-            name="tensorflow",
-        )
 
 
 def _optional_str() -> ml_collections.FieldReference:
@@ -290,7 +272,9 @@ def create_train_iterator(
             process_index=index,
             process_count=count,
         )
-    require_tensorflow(TFDATA)
+    from resnet_jax.data import sources
+
+    sources.require_tensorflow(sources.TFDATA)
     import tensorflow as tf
 
     from resnet_jax.data import preprocess
@@ -351,7 +335,9 @@ def create_eval_iterator(
             process_index=index,
             process_count=count,
         )
-    require_tensorflow(TFDATA)
+    from resnet_jax.data import sources
+
+    sources.require_tensorflow(sources.TFDATA)
     import tensorflow as tf
 
     from resnet_jax.data import preprocess

@@ -41,8 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import ml_collections
 
-    from resnet_jax.data.pipeline import NoTensorFlowError
-    from resnet_jax.data.sources import tfds_builder
+    from resnet_jax.data.sources import NoTensorFlowError, tfds_builder
 
     config = ml_collections.ConfigDict(
         dict(

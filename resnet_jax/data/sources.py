@@ -13,13 +13,13 @@ import os
 import sys
 import threading
 from collections.abc import Callable, Sequence
+from importlib.util import find_spec
 from typing import Any
 
 import numpy as np
 from absl import logging
 from etils import epath, epy
 
-from resnet_jax.data import pipeline
 from resnet_jax.data.shards import even_shard, train_shard
 
 
@@ -31,9 +31,25 @@ with epy.lazy_imports(success_callback=_hide_gpus):  # TF is imported on first u
     import tensorflow as tf
 
 Example = dict[str, Any]
+TFDATA = "The tf.data input pipeline (data.pipeline='tfdata')"
 SPECIAL_DATASETS = ("digits", "folder", "synthetic")
 TFDS_EXAMPLES = ("imagenet2012", "imagenette", "tf_flowers", "cifar10")
 _FILE_ORDER_SEED = 0  # Mixes classes before sharding folders; part of the data definition.
+
+
+class NoTensorFlowError(ModuleNotFoundError):
+    """TensorFlow is not installed and what was asked for needs it."""
+
+
+def require_tensorflow(needed_for: str, other_fix: str = "") -> None:
+    """Raises NoTensorFlowError saying that ``needed_for`` needs TensorFlow and how to add it,
+    where TensorFlow is not installed."""
+    if find_spec("tensorflow") is None:
+        raise NoTensorFlowError(
+            f"{needed_for} needs TensorFlow, which is not installed: `pip install "
+            f"'resnet-jax[tf]'` adds it{other_fix}.",
+            name="tensorflow",
+        )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +226,7 @@ def tfds_builder(config: Any) -> Any:
             f"download and prepare it once with `{command}`, or rerun with "
             "--config.data.download=True to let the run download it (needs network)."
         )
-    pipeline.require_tensorflow(f"Preparing TFDS dataset {config.dataset!r}")
+    require_tensorflow(f"Preparing TFDS dataset {config.dataset!r}")
     download_config = tfds.download.DownloadConfig(manual_dir=config.get("manual_dir"))
     try:
         builder.download_and_prepare(download_config=download_config)
