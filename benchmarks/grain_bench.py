@@ -218,13 +218,9 @@ def first_step_times(photos: str, root: str, batch: int, epoch: int) -> dict[str
     checkpoints at 10% and 90% of an epoch come from training on a tiny folder of the same
     classes (the position a resume reads depends on the step only)."""
     ctx = multiprocessing.get_context("spawn")
-    from PIL import Image
-
-    tiny = os.path.join(root, "tiny")  # Two 32x24 images for each class of ``photos``.
-    for name in sorted(os.listdir(photos)):
-        os.makedirs(os.path.join(tiny, name), exist_ok=True)
-        for i in range(2):
-            Image.new("RGB", (32, 24), (90, 120, 40 * i)).save(os.path.join(tiny, name, f"{i}.jpg"))
+    classes = len(os.listdir(photos))
+    tiny = os.path.join(root, "tiny")  # Two photos for each class of ``photos``, same names.
+    write_photos(tiny, 2 * classes, classes=classes)
     base = os.path.join(root, "steps")
     shutil.rmtree(base, ignore_errors=True)
 
@@ -246,7 +242,7 @@ def first_step_times(photos: str, root: str, batch: int, epoch: int) -> dict[str
         step = int(fraction * epoch) // batch
         saved = os.path.join(base, f"at{step}")
         shutil.copytree(index, saved)
-        if step:  # Cheap steps: 32x24 images at 16 px.
+        if step:  # Cheap steps: 16 px crops, decoded at 1/8 scale.
             config = _step_config("grain", tiny, tiny, batch, step)
             config.data.image_size = 16
             run(config, saved)

@@ -97,7 +97,8 @@ def _is_pointwise(
         and rhs.shape[:2] == (1, 1)
         and unpadded
         and all(d == 1 for d in (lhs_dilation or (1, 1)))
-        and feature_group_count == kw.get("batch_group_count", 1) == 1
+        and feature_group_count == 1
+        and kw.get("batch_group_count", 1) == 1
     )
 
 

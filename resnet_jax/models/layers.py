@@ -125,10 +125,12 @@ def avg_pool_2x2_ceil(x: jax.Array) -> jax.Array:
     h, w = x.shape[1], x.shape[2]
     pads = ((0, 0), (0, h % 2), (0, w % 2), (0, 0))
     window = (1, 2, 2, 1)
-    total = lambda a: jax.lax.reduce_window(  # noqa: E731
-        jnp.pad(a, pads), jnp.array(0, x.dtype), jax.lax.add, window, window, "VALID"
-    )
-    return total(x) / total(jnp.ones((1, h, w, 1), x.dtype))
+
+    def total(a: jax.Array) -> jax.Array:
+        zero = jnp.array(0, x.dtype)
+        return jax.lax.reduce_window(jnp.pad(a, pads), zero, jax.lax.add, window, window, "VALID")
+
+    return total(x) / total(jnp.ones((1, h, w, 1), x.dtype))  # Sums over pixels, not padding.
 
 
 def subsample(x: jax.Array, stride: int) -> jax.Array:
