@@ -14,7 +14,9 @@ from typing import Any
 
 import jax
 import ml_collections
+import numpy as np
 from absl import logging
+from jax.experimental import multihost_utils
 
 from resnet_jax import parallel as par
 from resnet_jax import storage
@@ -170,7 +172,12 @@ def resume(
     directory = storage.path(workdir) / CHECKPOINT_DIR
     keep = config.keep_checkpoints
     found, meta = None, {}
-    if directory.is_dir():
+    # Opening a Checkpointer is a collective, so every process must take the same branch: process
+    # 0's view decides (it may create the directory while another process is still looking).
+    exists = directory.is_dir()
+    if jax.process_count() > 1:
+        exists = bool(multihost_utils.broadcast_one_to_all(np.asarray(exists)))
+    if exists:
         reader = Checkpointer(directory, async_save=False)
         try:
             found, meta = _restore(reader, state, parallel, config, fingerprint)
