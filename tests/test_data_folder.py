@@ -208,3 +208,22 @@ def test_the_kept_index_is_replaced_when_the_folder_changes(tmp_path, monkeypatc
     assert [p.suffix for p in kept] == [".json"]  # Replaced in place; no temporary left.
     monkeypatch.setattr(folder, "_scanned", {})
     assert folder.cached_scan(root, cache_dir=workdir).files == second.files
+
+
+def test_the_kept_index_notices_an_image_added_below_a_class_subfolder(tmp_path, monkeypatch):
+    root, workdir = tmp_path / "imgs", tmp_path / "workdir"
+    write_digits_folder(root, split="train", image_size=8, per_class=2)
+    (root / "3" / "sub").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "3" / "sub" / "a.png")
+    os.utime(root / "3", (1e9, 1e9))
+    assert len(folder.cached_scan(root, cache_dir=workdir).files) == 21
+    monkeypatch.setattr(folder, "_scanned", {})
+    assert len(folder.cached_scan(root, cache_dir=workdir).files) == 21  # Read back, unchanged.
+    Image.new("RGB", (8, 8)).save(root / "3" / "sub" / "b.png")
+    os.utime(root / "3" / "sub", (2e9, 2e9))  # Only the nested folder's time changes.
+    assert (root / "3").stat().st_mtime == 1e9
+    monkeypatch.setattr(folder, "_scanned", {})
+    again = folder.cached_scan(root, cache_dir=workdir)
+    added = [i for i, f in enumerate(again.files) if f.endswith("3/sub/b.png")]
+    assert len(again.files) == 22 and len(added) == 1
+    assert again.labels[added[0]] == again.class_names.index("3")

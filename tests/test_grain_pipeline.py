@@ -3,6 +3,7 @@
 import io
 import logging
 import os
+from unittest import mock
 
 import numpy as np
 import pytest
@@ -283,7 +284,13 @@ def test_a_tfds_array_record_build_is_read_through_data_source(tmp_path):
     tfrecord = TinyPhotos(data_dir=str(tmp_path / "tfrecord"))
     tfrecord.download_and_prepare()
     config.data_dir = str(tmp_path / "tfrecord")
-    assert not grain_pipeline.uses_grain(config)  # Kept on tf.data, with the conversion hint.
+    grain_pipeline._warn_tfdata.cache_clear()
+    with mock.patch.object(grain_pipeline.logging, "warning") as warning:
+        for _ in range(3):  # Dataset info, train and eval iterators: one warning.
+            assert not grain_pipeline.uses_grain(config)  # Kept on tf.data, with the hint.
+    assert warning.call_count == 1
+    hint = warning.call_args.args[-1]
+    assert f"`resnet-jax-prepare tiny_photos --data_dir={tmp_path}/tfrecord`" in hint
 
 
 def test_the_benchmark_measures_scans_and_cpu_per_image_in_tiny_mode(tmp_path):

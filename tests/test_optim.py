@@ -119,16 +119,21 @@ def test_lars_adapts_kernels_only(tiny_params):
     np.testing.assert_allclose(updates["fc"]["kernel"], -ratio * g, rtol=1e-5)
 
 
-def test_lamb_is_optax_lamb_on_kernels_and_adam_elsewhere(tiny_params):
+@pytest.mark.parametrize("momentum", [0.9, 0.5])
+def test_lamb_is_optax_lamb_on_kernels_and_adam_elsewhere(tiny_params, momentum):
     """timm's Lamb (RSB): decay and trust ratio on the kernels it decays, a plain Adam step on
-    BN and biases; optax.lamb with the same mask gives the kernels' updates."""
+    BN and biases; optax.lamb with the same mask gives the kernels' updates. ``momentum`` is
+    the first moment's decay (timm's beta1, 0.9)."""
     lr = optax.constant_schedule(0.005)
-    tx = optim.create_optimizer(opt_config(name="lamb", weight_decay=0.02), lr)
-    lamb = optax.lamb(lr, weight_decay=0.02, mask=optim.kernel_mask)
-    adam = optax.adam(lr, eps=1e-6)
-    grads = jax.tree.map(lambda p: jnp.cos(jnp.arange(p.size).reshape(p.shape) + 1.0), tiny_params)
+    tx = optim.create_optimizer(opt_config(name="lamb", weight_decay=0.02, momentum=momentum), lr)
+    lamb = optax.lamb(lr, b1=momentum, weight_decay=0.02, mask=optim.kernel_mask)
+    adam = optax.adam(lr, b1=momentum, eps=1e-6)
     states = [t.init(tiny_params) for t in (tx, lamb, adam)]
-    for _ in range(3):
+    for step in range(3):  # Gradients that change, so that beta1 matters.
+        grads = jax.tree.map(
+            lambda p, k=step + 1.0: jnp.cos(jnp.arange(p.size).reshape(p.shape) * k + 1.0),
+            tiny_params,
+        )
         out = [
             t.update(grads, s, tiny_params) for t, s in zip((tx, lamb, adam), states, strict=True)
         ]

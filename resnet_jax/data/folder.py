@@ -183,6 +183,15 @@ def _signature(root: epath.Path, check: str) -> list:
     return [where, check, [[d.name, storage.stat(d)[1]] for d in dirs]]
 
 
+def _nested(root: epath.Path, index: FolderIndex) -> list:
+    """The modification times of the folders below the class subfolders that hold indexed or
+    skipped files: an image added to ``<class>/<sub>/`` changes only its own folder's."""
+    if storage.is_remote(root):
+        return []
+    parents = {f.rsplit("/", 1)[0] for f in (*index.files, *index.skipped)}
+    return [[d, storage.stat(d)[1]] for d in sorted(parents) if d.rsplit("/", 1)[0] != str(root)]
+
+
 def cached_scan(
     path: str | os.PathLike,
     *,
@@ -205,16 +214,23 @@ def cached_scan(
             stored = json.loads(file.read_text()) if file.exists() else {}
         except ValueError:
             stored = {}
-    if key not in _scanned:
-        if stored.get("signature") == signature:
-            fields = ("files", "labels", "class_names")
-            _scanned[key] = FolderIndex(*(tuple(stored[f]) for f in fields), stored["skipped"])
-        else:
-            _scanned[key] = scan_folder(root, check=check)
-    index = _scanned[key]
-    if file is not None and write and stored.get("signature") != signature:
+    index, nested = _scanned.get(key), None
+    if index is None and stored.get("signature") == signature:
+        fields = ("files", "labels", "class_names")
+        index = FolderIndex(*(tuple(stored[f]) for f in fields), stored["skipped"])
+        if stored.get("nested") != (nested := _nested(root, index)):
+            index = nested = None
+    if index is None:
+        index = scan_folder(root, check=check)
+    _scanned[key] = index
+    nested = _nested(root, index) if nested is None else nested
+    if (
+        file is not None
+        and write
+        and [stored.get("signature"), stored.get("nested")] != [signature, nested]
+    ):
         try:  # A cache: hosts may write it at once (each its own temp name), or fail to.
-            record = {"signature": signature, **dataclasses.asdict(index)}
+            record = {"signature": signature, "nested": nested, **dataclasses.asdict(index)}
             storage.write_atomically(file, json.dumps(record))
         except OSError as e:
             logging.warning("Could not keep the folder index in %s (%s); it is rebuilt.", file, e)

@@ -39,10 +39,10 @@ from resnet_jax.data import augment, digits, pipeline, presets, shards
 _PERMUTATION_TAG = 1  # Keeps the epoch permutations' seeds apart from the examples' seeds.
 _ENDLESS_EPOCHS = 1 << 20  # Stream length in epochs: endless for any run.
 TFDS_FORMAT_HINT = (
-    "The Grain pipeline reads TFDS datasets stored as ArrayRecord: prepare with `tfds build "
-    "{name} --data_dir={data_dir} --file_format=array_record`, or add ArrayRecord files next to "
-    "an existing TFRecord build with `tfds convert_format --dataset_version_dir={data_dir}/"
-    "{name}/<version> --out_file_format=array_record`"
+    "The Grain pipeline reads TFDS datasets stored as ArrayRecord: prepare with "
+    "`resnet-jax-prepare {name} --data_dir={data_dir}` (ArrayRecord by default), or add "
+    "ArrayRecord files next to an existing TFRecord build with `tfds convert_format "
+    "--dataset_version_dir={data_dir}/{name}/<version> --out_file_format=array_record`"
 )
 
 
@@ -454,8 +454,13 @@ def uses_grain(config: Any) -> bool:
         f"Reading TFDS dataset {config.dataset!r}, stored as {fmt} (which only tf.data reads),",
         f"; or convert the build to ArrayRecord where TensorFlow is installed. {hint}",
     )
-    logging.warning("%s is stored as %s: reading it with tf.data. %s.", config.dataset, fmt, hint)
+    _warn_tfdata(config.dataset, fmt, hint)
     return False
+
+
+@functools.cache  # Once per dataset and process, not once per iterator.
+def _warn_tfdata(name: str, fmt: str, hint: str) -> None:
+    logging.warning("%s is stored as %s: reading it with tf.data. %s.", name, fmt, hint)
 
 
 def train_iterator(

@@ -67,8 +67,9 @@ def kernel_mask(params: Any) -> Any:
 def create_optimizer(
     opt: ml_collections.ConfigDict, learning_rate: optax.Schedule
 ) -> optax.GradientTransformation:
-    """SGD (Nesterov) with L2 decay on kernels, LARS or LAMB for large batches; optional
-    clipping (timm's Lamb clips the global norm at 1 by itself: set grad_clip_norm=1)."""
+    """SGD (Nesterov) with L2 decay on kernels, LARS or LAMB for large batches (LAMB's first
+    moment decays by ``momentum``; ``nesterov`` is SGD's and LARS's); optional clipping (timm's
+    Lamb clips the global norm at 1 by itself: set grad_clip_norm=1)."""
     chain = []
     if opt.grad_clip_norm and opt.grad_clip_norm > 0:
         chain.append(optax.clip_by_global_norm(opt.grad_clip_norm))
@@ -91,7 +92,7 @@ def create_optimizer(
         )
     elif opt.name == "lamb":  # optax.lamb with the trust ratio masked like the decay.
         chain += [
-            optax.scale_by_adam(b1=0.9, b2=0.999, eps=1e-6),
+            optax.scale_by_adam(b1=opt.momentum, b2=0.999, eps=1e-6),
             optax.add_decayed_weights(opt.weight_decay, mask=kernel_mask),
             optax.masked(optax.scale_by_trust_ratio(), kernel_mask),
             optax.scale_by_learning_rate(learning_rate),
