@@ -30,8 +30,8 @@ def resolve(setting: str) -> epath.Path | None:
     if not setting:
         return None
     if setting == AUTO:
-        root = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-        return epath.Path(root) / "resnet_jax" / "jax"
+        root = epath.Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser()
+        return root / "resnet_jax" / "jax"
     return epath.Path(setting)
 
 
@@ -41,7 +41,7 @@ def enable(setting: str) -> epath.Path | None:
     Idempotent; a later call with another directory moves the cache there (JAX reads the
     directory once, when it first compiles, so the cache is reset on a change).
     """
-    from jax._src import compilation_cache  # JAX has no public reset for a changed directory.
+    from jax.experimental.compilation_cache import compilation_cache
 
     directory = resolve(setting)
     if directory is not None and jax.process_count() > 1 and jax.default_backend() == "cpu":
