@@ -121,7 +121,7 @@ def no_download(monkeypatch):
 
 @pytest.mark.parametrize(
     "recipe, dataset",
-    [("cifar10_resnet", "cifar10"), ("imagenet_resnet50_colab_tpu", "imagenette")],
+    [("cifar10_resnet", "cifar10"), ("imagenet_resnet50_colab_tpu", "imagenette/320px-v2")],
 )
 def test_an_unprepared_tfds_dataset_says_how_to_get_it_without_downloading(
     no_compile, no_download, tmp_path, recipe, dataset
@@ -149,9 +149,9 @@ def test_a_data_dir_that_does_not_exist_is_refused_and_not_created(
     with pytest.raises(ConfigError) as error:
         train_and_evaluate(config, str(tmp_path / "work"))
     assert str(error.value) == (
-        f"data ('imagenette'): data.data_dir {tmp_path / 'tfsd'} does not exist (nothing was "
-        "created): pass --config.data.data_dir=DIR naming the directory the datasets are "
-        "prepared in."
+        f"data ('imagenette/320px-v2'): data.data_dir {tmp_path / 'tfsd'} does not exist "
+        "(nothing was created): pass --config.data.data_dir=DIR naming the directory the "
+        "datasets are prepared in."
     )
     assert os.listdir(tmp_path) == []
 

@@ -220,7 +220,7 @@ def tfds_builder(config: Any) -> Any:
     if builder.is_prepared():
         return builder
     if not config.get("download", False) and not builder.MANUAL_DOWNLOAD_INSTRUCTIONS:
-        command = prepare_command(builder.name, builder.data_dir_root)
+        command = prepare_command(config.dataset, builder.data_dir_root)  # With its variant.
         raise FileNotFoundError(
             f"TFDS dataset {config.dataset!r} is not prepared in {builder.data_dir_root}: "
             f"download and prepare it once with `{command}`, or rerun with "
