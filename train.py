@@ -11,82 +11,12 @@ nothing); 1 for a command-line, config, workdir, data, checkpoint or non-finite-
 message says which).
 """
 
-from __future__ import annotations
-
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # `configs` importable anywhere.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))  # This checkout's resnet_jax.
 
-from absl import app, flags, logging  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
-
-_CONFIG = config_flags.DEFINE_config_file(
-    "config", None, "Training recipe: configs/<recipe>.py, optionally with :arg.", lock_config=True
-)
-_WORKDIR = flags.DEFINE_string(
-    "workdir",
-    None,
-    "Checkpoints, metrics, TensorBoard events and plots go here; a rerun resumes from it. "
-    "Default: workdir/<recipe>.",
-)
-flags.mark_flags_as_required(["config"])
-RECIPES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
-
-
-def parse_flags(argv: list[str]) -> list[str]:
-    """absl's flag parsing, except that a missing config file or an override naming no field of
-    the config is one line (ml_collections raises these as tracebacks)."""
-    from resnet_jax.training import command_line
-
-    spec = command_line.config_argument(argv)
-    recipes = os.path.relpath(RECIPES) if os.getcwd() == os.path.dirname(RECIPES) else RECIPES
-    problem = spec is not None and command_line.config_file_problem(spec, recipes)
-    if problem:
-        sys.exit(f"train.py: {problem}")
-    try:
-        return app.parse_flags_with_usage(argv)
-    except (AttributeError, KeyError):  # How ml_collections says an override names no field.
-        if spec is None:
-            raise
-        config = command_line.load_config(spec)
-        problem = command_line.override_problem(config, command_line.override_paths(argv))
-        if problem is None:
-            raise
-        sys.exit(f"train.py: {problem}")
-
-
-def main(argv: list[str]) -> None:
-    if len(argv) > 1:
-        raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
-    if not flags.FLAGS["verbosity"].present:  # The progress bar speaks; libraries stay quiet.
-        logging.set_verbosity(logging.WARNING)
-    workdir = _WORKDIR.value
-    if workdir is None:
-        recipe = config_flags.get_config_filename(flags.FLAGS["config"])
-        workdir = os.path.join("workdir", os.path.splitext(os.path.basename(recipe))[0])
-
-    from resnet_jax.checkpoint import CheckpointError
-    from resnet_jax.training import train_and_evaluate
-    from resnet_jax.training.faults import INTERRUPTED_EXIT_CODE, NonFiniteError, Preempted
-    from resnet_jax.training.validate import ConfigError
-
-    try:
-        train_and_evaluate(_CONFIG.value, workdir)
-    except Preempted as e:
-        print(f"train.py: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
-    except KeyboardInterrupt:
-        print(
-            "train.py: Interrupted (Ctrl-C): stopped at once without saving; rerun the same "
-            "command to resume from the last checkpoint.",
-            file=sys.stderr,
-        )
-        sys.exit(INTERRUPTED_EXIT_CODE)
-    except (ConfigError, CheckpointError, NonFiniteError) as e:
-        sys.exit(f"train.py: {e}")
-
+from resnet_jax.training.__main__ import run  # noqa: E402
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=parse_flags)
+    run(os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs"))

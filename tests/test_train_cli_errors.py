@@ -3,6 +3,7 @@ before anything is built, and leaves nothing half-written (no workdir, no data_d
 
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -52,18 +53,30 @@ def test_a_misspelt_override_names_the_field_and_the_nearest_one():
     )
 
 
-def test_cli_prints_one_line_for_a_missing_config_file_and_a_misspelt_override(tmp_path):
-    """End to end: absl's flag parsing no longer ends in a traceback for either mistake."""
+@pytest.mark.parametrize(
+    "command, prog",
+    [
+        ([sys.executable, "train.py"], "train.py"),
+        ([sys.executable, "-m", "resnet_jax.training"], "python -m resnet_jax.training"),
+        ([shutil.which("resnet-jax-train")], "resnet-jax-train"),
+    ],
+)
+def test_cli_prints_one_line_for_a_missing_config_file_and_a_misspelt_override(
+    tmp_path, command, prog
+):
+    """End to end, for each way to start training: absl's flag parsing no longer ends in a
+    traceback for either mistake."""
     runs = {
-        "configs/nope.py": "train.py: config file configs/nope.py does not exist. The recipes",
+        "configs/nope.py": f"{prog}: config file configs/nope.py does not exist. The recipes",
         "configs/quickstart.py --config.batch_sise=8": (
-            "train.py: --config.batch_sise: the config has no field 'batch_sise'; did you mean "
+            f"{prog}: --config.batch_sise: the config has no field 'batch_sise'; did you mean "
             "--config.batch_size?"
         ),
     }
+    assert command[0], "the resnet-jax-train console script is not installed (pip install -e .)"
     for args, first_words in runs.items():
         workdir = tmp_path / "work"
-        cmd = [sys.executable, "train.py", *f"--config={args} --workdir={workdir}".split()]
+        cmd = [*command, *f"--config={args} --workdir={workdir}".split()]
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
         assert proc.returncode == 1, proc.stderr
         assert proc.stderr.count("\n") == 1 and proc.stderr.startswith(first_words), proc.stderr
