@@ -256,18 +256,32 @@ def first_step_times(photos: str, root: str, batch: int, epoch: int) -> dict[str
 
 
 def cpu_ms_per_image(files: list[str], size: int = 224) -> dict[str, float]:
-    """(b): decode + Inception crop + flip to ``size`` uint8, CPU-ms per image, one process."""
+    """(b): decode + Inception crop + flip to ``size`` uint8, CPU-ms per image, one process;
+    and its two parts alone: Pillow's full decode, and the crop-resize of decoded images."""
     import tensorflow as tf
+    from PIL import Image
 
     from resnet_jax.data import grain_pipeline, preprocess
 
     config = _config(image_size=size, dataset="folder")
     datas = [open(f, "rb").read() for f in files]
     transform = grain_pipeline.TrainTransform(config)
-    start = _cpu()
-    for i, data in enumerate(datas):
+    grain_s = decode_s = resize_s = 0.0
+    for i, data in enumerate(datas):  # The parts interleaved with the whole: the same noise.
+        t0 = time.process_time()
         transform(data, np.random.default_rng([0, i]))
-    grain_ms = (_cpu() - start) * 1e3 / len(datas)
+        t1 = time.process_time()
+        img = Image.open(io.BytesIO(data))
+        img.load()
+        t2 = time.process_time()
+        box = grain_pipeline.inception_window(
+            *img.size, np.random.default_rng([0, i]), config.min_area
+        )
+        t3 = time.process_time()
+        img.resize((size, size), Image.Resampling.BILINEAR, box=box)
+        t4 = time.process_time()
+        grain_s, decode_s, resize_s = grain_s + t1 - t0, decode_s + t2 - t1, resize_s + t4 - t3
+    grain_ms, decode_ms, resize_ms = (x * 1e3 / len(datas) for x in (grain_s, decode_s, resize_s))
 
     tf_transform = preprocess.make_train_transform(config)
     ds = tf.data.Dataset.from_tensor_slices(datas).enumerate()
@@ -285,6 +299,8 @@ def cpu_ms_per_image(files: list[str], size: int = 224) -> dict[str, float]:
     return {
         "grain_cpu_ms_per_image": round(grain_ms, 3),
         "tfdata_cpu_ms_per_image": round(tf_ms, 3),
+        "pillow_decode_cpu_ms_per_image": round(decode_ms, 3),
+        "pillow_crop_resize_cpu_ms_per_image": round(resize_ms, 3),
     }
 
 

@@ -299,6 +299,8 @@ def test_the_benchmark_measures_scans_and_cpu_per_image_in_tiny_mode(tmp_path):
     record = grain_bench.main(["--tiny", f"--root={tmp_path}", "--parts=scan,cpu"])
     assert record["scan_files"] == 50 and record["scan_s"] > 0 and record["scan_cached_s"] >= 0
     assert record["grain_cpu_ms_per_image"] > 0 and record["tfdata_cpu_ms_per_image"] > 0
+    assert record["pillow_decode_cpu_ms_per_image"] > 0
+    assert record["pillow_crop_resize_cpu_ms_per_image"] > 0
     photos = sorted((tmp_path / "photos").rglob("*.jpg"))
     assert len(photos) == 40 and Image.open(photos[0]).size == (500, 375)
 
