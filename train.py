@@ -1,14 +1,7 @@
 """Trains a ResNet as a config file says: ``python train.py --config=configs/x.py --workdir=DIR``.
 
-Any config field can be overridden on the command line (``--config.batch_size=512``); the
-final config is saved in the workdir, and rerunning the same command resumes from the
-latest checkpoint there.
-
-Exit status: 0 when the run is complete; 75 (EX_TEMPFAIL) after a SIGTERM (preemption) once
-a checkpoint of the step it stopped at is saved: rerun the same command to resume; 130 after
-Ctrl-C (SIGINT), likewise once that checkpoint is saved (a second Ctrl-C quits at once, saving
-nothing); 1 for a command-line, config, workdir, data, checkpoint or non-finite-loss error (the
-message says which).
+The same command as ``resnet-jax-train`` and ``python -m resnet_jax.training``; its flags and
+exit statuses are described in ``resnet_jax/training/__main__.py``.
 """
 
 import os
