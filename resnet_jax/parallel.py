@@ -22,7 +22,7 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-MODES = ("shard_map", "pmap")
+PARALLELISM_MODES = ("shard_map", "pmap")
 MESH_AXES = ("replica", "bn")
 PMAP_AXIS = "batch"
 
@@ -184,8 +184,8 @@ def create_data_parallel(
     mode: str = "shard_map", *, bn_group_size: int = 0, devices: Iterable | None = None
 ) -> DataParallel:
     """Builds the mesh for ``mode`` over ``devices`` (default: all devices of all hosts)."""
-    if mode not in MODES:
-        raise ValueError(f"Unknown parallelism {mode!r}; expected one of {MODES}.")
+    if mode not in PARALLELISM_MODES:
+        raise ValueError(f"Unknown parallelism {mode!r}; expected one of {PARALLELISM_MODES}.")
     devices = tuple(jax.devices() if devices is None else devices)
     group = bn_group_size_for(bn_group_size, len(devices))
     shape = (len(devices) // group, group)

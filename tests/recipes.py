@@ -6,6 +6,7 @@ import importlib
 import os
 import pathlib
 import sys
+from types import ModuleType
 
 import ml_collections
 
@@ -13,12 +14,18 @@ REPO = pathlib.Path(__file__).resolve().parents[1]
 TINY_STEPS = 6  # Of tiny_synthetic_config, with checkpoints at 2, 4 and 6.
 
 
-def load_config(name: str) -> ml_collections.ConfigDict:
+def recipe(name: str) -> ModuleType:
+    """The module of configs/<name>.py."""
     sys.path.insert(0, str(REPO))
     try:
-        return importlib.import_module(f"configs.{name}").get_config()
+        return importlib.import_module(f"configs.{name}")
     finally:
         sys.path.remove(str(REPO))
+
+
+def load_config(name: str, arg: str | None = None) -> ml_collections.ConfigDict:
+    """The config of ``--config=configs/<name>.py[:arg]``."""
+    return recipe(name).get_config(arg) if arg else recipe(name).get_config()
 
 
 def tiny_synthetic_config(**overrides) -> ml_collections.ConfigDict:

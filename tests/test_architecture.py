@@ -10,6 +10,7 @@ is an edge to `resnet_jax.x.y` when y is a submodule, else to `resnet_jax.x` (wh
 
 import ast
 import pathlib
+import re
 import tomllib
 
 PACKAGE = pathlib.Path(__file__).resolve().parent.parent / "resnet_jax"
@@ -107,19 +108,69 @@ def test_no_test_helpers_in_the_package():
     assert not offenders, f"test helpers belong under tests/, not in the package: {offenders}"
 
 
+# Every command line module has its own pair (console scripts and tests call them by module).
+PER_MODULE = {"main", "build_parser"}
+# Names that several modules define on purpose, each with exactly the modules that may.
+SHARED = {
+    # One reference per source (numerics.SOURCES); numerics.build_reference picks the source.
+    "build_reference": {"convert.keras_reference", "convert.numerics", "convert.timm",
+                        "convert.torchvision"},
+    "check_model_name": {"convert.timm", "convert.torchvision"},
+    "preset_for": {"convert.timm", "convert.torchvision"},
+    "published_files": {"convert.timm", "convert.torchvision"},
+    # The Grain pipeline yields the tf.data pipeline's batches; grain_pipeline picks one.
+    "create_train_iterator": {"data.grain_pipeline", "data.pipeline"},
+    "create_eval_iterator": {"data.grain_pipeline", "data.pipeline"},
+    # weights.build_model is being renamed; this entry goes with it.
+    "build_model": {"build", "weights"},
+}  # fmt: skip
+
+
+def top_level_names(source: str) -> set[str]:
+    """The public functions and UPPER_CASE constants a module defines at top level; imports (an
+    ``__init__``'s re-exports) define nothing."""
+    names = set()
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            found = (n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name))
+            names.update(n for n in found if n.isupper())
+    return {n for n in names if not n.startswith("_")} - PER_MODULE
+
+
+def test_top_level_names_are_public_functions_and_constants():
+    source = (
+        "import os\nfrom m import F, g\nA = B = 1\nC: int = 2\nD, E = 3, 4\n_P = 5\nlow = 6\n"
+        "Alias = int\n__all__ = []\ndef f():\n    X = 1\nasync def h(): ...\ndef _p(): ...\n"
+        "def main(): ...\ndef build_parser(): ...\nclass K:\n    Z = 1\n"
+    )
+    assert top_level_names(source) == {"A", "B", "C", "D", "E", "f", "h"}
+
+
 def test_one_name_per_concept():
-    """No two modules share a file name and no two classes a name: `checkpoint` or `Source`
+    """No two modules share a file name, no two classes a name, and no two modules a public
+    function or constant name (outside SHARED): `checkpoint`, `Source`, `resolve` or `MODES`
     must say which one it is without its package around it."""
     files: dict[str, list[str]] = {}
     classes: dict[str, list[str]] = {}
+    defined: dict[str, set[str]] = {}
     for name, path in _modules().items():
         if path.name not in ("__init__.py", "__main__.py"):  # Python's names, not ours.
             files.setdefault(path.name, []).append(name)
-        for node in ast.parse(path.read_text()).body:
+        source = path.read_text()
+        for node in ast.parse(source).body:
             if isinstance(node, ast.ClassDef):
                 classes.setdefault(node.name, []).append(name)
+        for top in top_level_names(source):
+            defined.setdefault(top, set()).add(name.removeprefix("resnet_jax."))
     assert {k: v for k, v in files.items() if len(v) > 1} == {}
     assert {k: v for k, v in classes.items() if len(v) > 1} == {}
+    shared = {k: v for k, v in defined.items() if len(v) > 1}
+    assert {k: sorted(v) for k, v in shared.items() if v != SHARED.get(k)} == {}
+    stale = sorted(set(SHARED) - set(shared))
+    assert not stale, f"{stale} is defined by one module only now: remove it from SHARED"
 
 
 def test_every_command_line_is_a_console_script_and_runs_with_python_m():
@@ -136,3 +187,49 @@ def test_every_command_line_is_a_console_script_and_runs_with_python_m():
     for module, function in targets.items():
         tree = ast.parse(_modules()[module].read_text())
         assert function in {n.name for n in tree.body if isinstance(n, ast.FunctionDef)}, module
+
+
+def _defined(path: pathlib.Path) -> set[str]:
+    """What a module defines at top level: functions, classes, assignments and its __all__."""
+    names = set()
+    for node in ast.parse(path.read_text()).body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, (ast.Assign, ast.AnnAssign)):
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            names |= {n.id for t in targets for n in ast.walk(t) if isinstance(n, ast.Name)}
+            if "__all__" in names and isinstance(node.value, (ast.List, ast.Tuple)):
+                names |= {e.value for e in node.value.elts if isinstance(e, ast.Constant)}
+    return names
+
+
+def test_readme_architecture_names_files_and_functions_that_exist():
+    """Every file, class, `module.name`, `python -m` module and console script the README's
+    Architecture section names exists where it says."""
+    repo = PACKAGE.parent
+    text = (repo / "README.md").read_text()
+    section = text[text.index("## Architecture") :].split("\n## ")[0]
+    modules = _modules()
+    by_stem = {name.rpartition(".")[2]: path for name, path in modules.items()}
+    scripts = tomllib.loads((repo / "pyproject.toml").read_text())["project"]["scripts"]
+    stale = []
+    for token in re.findall(r"`([^`]+)`", section):
+        if re.fullmatch(r"[\w*]+(/[\w*]+)*(\.py|/)", token):
+            ok = any(any(root.glob(token.rstrip("/"))) for root in (PACKAGE, repo, repo / "tests"))
+        elif token.startswith("python -m "):
+            module = token.removeprefix("python -m ")
+            ok = module in modules
+        elif token.startswith("resnet-jax-"):
+            ok = token in scripts
+        elif re.fullmatch(r"[A-Z][a-z]\w*", token):  # A class: RunSpec.
+            ok = any(token in _defined(path) for path in modules.values())
+        elif re.fullmatch(r"\w+\.(json|jsonl|png)", token):
+            continue  # A file a run writes (metrics.jsonl), not module.name.
+        elif match := re.fullmatch(r"(\w+)\.(\w+)(\(\))?", token):
+            module, name = match.group(1, 2)
+            ok = module not in by_stem or name in _defined(by_stem[module])
+        else:
+            continue
+        if not ok:
+            stale.append(token)
+    assert stale == []

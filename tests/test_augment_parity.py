@@ -133,7 +133,7 @@ def _normalised(photos, n=4, size=(48, 64)):
     return ((np.stack(crops) / 255.0 - 0.45) / 0.225).astype(np.float32)  # NHWC
 
 
-@pytest.mark.parametrize("mode", erasing.MODES)
+@pytest.mark.parametrize("mode", erasing.ERASING_MODES)
 def test_random_erasing_at_a_fixed_box_gives_timms_pixels(mode, photos, monkeypatch):
     image = _normalised(photos)[:1]
     top, left, h, w = 7, 11, 20, 15

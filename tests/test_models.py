@@ -35,23 +35,32 @@ def tiny(name="resnet18", **kwargs):
     return create_model(name, **{**widths, **kwargs})
 
 
-@pytest.mark.parametrize(
-    "name, expected",
-    [
-        ("resnet18", 11_689_512),
-        ("resnet34", 21_797_672),
-        ("resnet50", 25_557_032),
-        ("resnet101", 44_549_160),
-        ("resnet152", 60_192_808),
-        ("wide_resnet50_2", 68_883_240),
-        ("wide_resnet101_2", 126_886_696),
-        ("resnext50_32x4d", 25_028_904),
-        ("resnext101_32x8d", 88_791_336),
-        ("resnet50d", 25_576_264),
-    ],
-)
+# Parameters at each model's default classes: torchvision's and timm's published counts (1000
+# classes), and the CIFAR-10 ResNets of the paper's Table 6 (0.27M, 0.46M, 0.66M, 0.85M, 1.7M).
+# tests/test_spec.py checks every recipe's network against this table.
+PARAMS = {
+    "resnet18": 11_689_512,
+    "resnet34": 21_797_672,
+    "resnet50": 25_557_032,
+    "resnet101": 44_549_160,
+    "resnet152": 60_192_808,
+    "wide_resnet50_2": 68_883_240,
+    "wide_resnet101_2": 126_886_696,
+    "resnext50_32x4d": 25_028_904,
+    "resnext101_32x8d": 88_791_336,
+    "resnet50d": 25_576_264,
+    "resnet20": 269_722,
+    "resnet32": 464_154,
+    "resnet44": 658_586,
+    "resnet56": 853_018,
+    "resnet110": 1_727_962,
+}
+
+
+@pytest.mark.parametrize("name, expected", PARAMS.items())
 def test_parameter_count_equals_reference(name, expected):
-    variables, _ = shapes(create_model(name), 224)
+    model = create_model(name)
+    variables, _ = shapes(model, 32 if model.stem == "cifar" else 224)
     assert count(variables["params"]) == expected
 
 
@@ -73,20 +82,20 @@ def test_keras_count_includes_bn_moving_statistics(name, expected):
 
 def test_cifar_resnet20_has_the_papers_size():
     variables, out = shapes(create_model("resnet20"), 32)
-    assert count(variables["params"]) == 269_722  # "0.27M" in the paper's Table 6
+    assert count(variables["params"]) == PARAMS["resnet20"]
     assert out.shape == (1, 10)
 
 
 def test_plain_nets_have_the_same_parameters_and_no_shortcuts():
     res, _ = shapes(create_model("resnet56"), 32)
     plain, _ = shapes(create_model("plain56"), 32)
-    assert count(res["params"]) == count(plain["params"]) == 853_018
+    assert count(res["params"]) == count(plain["params"]) == PARAMS["resnet56"]
     assert not any("downsample" in k for block in plain["params"].values() for k in block)
 
 
 def test_resnet50_multiply_adds_at_224():
     s = summarize(create_model("resnet50"), 224, "resnet50")
-    assert s.params == 25_557_032
+    assert s.params == PARAMS["resnet50"]
     assert round(s.macs / 1e9, 2) == 4.09
     assert "25,557,032 parameters" in str(s) and "4.09 G multiply-adds" in str(s)
 

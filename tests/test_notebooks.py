@@ -83,6 +83,55 @@ def test_readmes_link_notebook_and_say_how_to_open_it_in_colab(path):
     assert "colab.research.google.com/github/" not in readme + ours  # No made-up repository.
 
 
+def _source(path: pathlib.Path) -> str:
+    """A notebook's cells, markdown and code, as one text."""
+    return "\n".join(cell.source for cell in _read(path).cells)
+
+
+def test_tpu_notebook_names_the_remat_field_the_config_has():
+    from resnet_jax.spec import default_config
+
+    text = _source(COLAB / "train_resnet50_colab_tpu.ipynb")
+    assert "remat" in default_config().model and "remat" not in default_config().model.kwargs
+    assert "config.model.remat" in text and "config.model.kwargs.remat" not in text
+
+
+def test_jupyter_lab_is_named_only_where_an_extra_installs_it():
+    import tomllib
+
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    extras = extras["optional-dependencies"].values()
+    if any(re.match(r"jupyterlab(?![\w-])", r) for reqs in extras for r in reqs):
+        return
+    texts = {p.name: _source(p) for p in NOTEBOOKS} | {
+        "colab/README.md": (COLAB / "README.md").read_text()
+    }
+    says = sorted(name for name, text in texts.items() if re.search(r"jupyter[ -]lab\b", text))
+    assert says == [], "they say `jupyter lab`, which no extra of pyproject.toml installs"
+
+
+def test_readme_has_no_badge_pointing_at_a_repository():
+    """A badge needs the project's real repository URL, which the README does not know."""
+    readme = (REPO / "README.md").read_text()
+    images = re.findall(r"!\[[^\]]*\]\(([^)\s]+)[^)]*\)(?:\]\(([^)\s]+)\))?", readme)
+    images += [(src, "") for src in re.findall(r"<img[^>]*\ssrc=[\"']([^\"']+)", readme)]
+    repository = re.compile(
+        r"github\.com/|githubusercontent\.com/|gitlab\.com/|colab\.research\.google\.com/github/"
+        r"|shields\.io/github/"
+    )
+    assert [urls for urls in images if any(repository.search(u) for u in urls)] == []
+
+
+def test_no_notebook_or_recipe_downloads_full_size_imagenette():
+    """The 320 px Imagenette (fast.ai's imagenette2-320.tgz, TFDS's imagenette/320px) is the one
+    a Colab session fits; TFDS's bare `imagenette` is the 1.5 GB full-size build."""
+    full_size = re.compile(r"(?<![\w/-])imagenette(?:/full-size)?(?![\w/-])|imagenette2(?![\w-])")
+    sources = [*NOTEBOOKS, *sorted((REPO / "configs").glob("*.py"))]
+    texts = {p.name: _source(p) if p.suffix == ".ipynb" else p.read_text() for p in sources}
+    found = {name: full_size.findall(text) for name, text in texts.items()}
+    assert {name: hits for name, hits in found.items() if hits} == {}
+
+
 def _kernel_python(root: pathlib.Path) -> str:
     """An interpreter with resnet-jax installed: this one, or else ``_venv_over_this_python``."""
     try:

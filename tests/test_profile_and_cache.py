@@ -30,9 +30,9 @@ def test_bad_profile_steps_are_refused_naming_the_field(bad):
 
 def test_cache_dir_auto_is_the_user_cache_and_empty_is_off(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert str(compile_cache.resolve("auto")) == str(tmp_path / "resnet_jax" / "jax")
-    assert compile_cache.resolve("") is None
-    assert str(compile_cache.resolve("gs://bucket/cache")) == "gs://bucket/cache"
+    assert str(compile_cache.cache_directory("auto")) == str(tmp_path / "resnet_jax" / "jax")
+    assert compile_cache.cache_directory("") is None
+    assert str(compile_cache.cache_directory("gs://bucket/cache")) == "gs://bucket/cache"
 
 
 def test_enable_points_jax_at_the_directory_and_back(tmp_path):

@@ -2,6 +2,7 @@
 config.json; and the one builder, which gives every recipe the model zoo's network."""
 
 import dataclasses
+import inspect
 import json
 import pathlib
 
@@ -10,9 +11,11 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 import pytest
-from recipes import load_config
+from recipes import load_config, recipe
 from recipes import tiny_synthetic_config as tiny_config
+from test_models import PARAMS
 
+from resnet_jax import create_model
 from resnet_jax import spec as run_spec
 from resnet_jax.build import build, build_model, model_from_config, preset_from_config
 from resnet_jax.data.pipeline import DatasetInfo
@@ -22,9 +25,15 @@ from resnet_jax.training.validate import ConfigError
 REPO = pathlib.Path(__file__).resolve().parents[1]
 RECIPES = [p.stem for p in sorted((REPO / "configs").glob("*.py")) if p.stem != "__init__"]
 IMAGENET = DatasetInfo(1000, 1_281_167, 50_000, None)
-# The model zoo's published parameter counts (README, tests/test_models.py) for each recipe's
-# network with the classes of the dataset it was published for.
-ZOO = {"resnet50": (1000, 25_557_032), "resnet20": (10, 269_722)}
+
+
+def recipe_args(name: str) -> list[str | None]:
+    """The arguments a recipe takes (configs/x.py:arg): its depths, or [None] when it takes none."""
+    module = recipe(name)
+    return list(module.DEPTHS) if inspect.signature(module.get_config).parameters else [None]
+
+
+RECIPE_ARGS = [(name, arg) for name in RECIPES for arg in recipe_args(name)]
 
 
 def resolve(config, info=IMAGENET, **kwargs):
@@ -41,11 +50,14 @@ def source_preset(monkeypatch):
     monkeypatch.setattr(run_spec, "source_preprocessing", lambda path: {"preset": "torchvision_v2"})
 
 
-@pytest.mark.parametrize("name", RECIPES)
-def test_every_recipe_resolves_and_builds_the_zoo_network(name, source_preset):
-    config = load_config(name)
+@pytest.mark.parametrize("name, arg", RECIPE_ARGS)
+def test_every_recipe_resolves_and_builds_the_zoo_network(name, arg, source_preset):
+    """The network each recipe builds, with the classes of the dataset it was published for,
+    has the model zoo's parameter count (tests/test_models.py)."""
+    config = load_config(name, arg)
     config.init_from = "weights" if name == "finetune_folder" else config.init_from
-    classes, params = ZOO[config.model.name]
+    params = PARAMS[config.model.name]
+    classes = create_model(config.model.name).num_classes
     spec = resolve(config, dataclasses.replace(IMAGENET, num_classes=classes))
     built = build(spec)
     size = spec.config.data.image_size

@@ -18,11 +18,12 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
 from resnet_jax.data.presets import IMAGENET_MEAN
+from resnet_jax.images import FILTERS
 
 Augment = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 # timm's create_transform fills uncovered pixels with the dataset mean as uint8.
 IMAGENET_FILL = tuple(min(255, round(255 * m)) for m in IMAGENET_MEAN)  # (124, 116, 104)
-INTERPOLATIONS = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+_FILTER_NAMES = ("bilinear", "bicubic")  # Plus RandAugment's 'random', TrivialAugment's 'nearest'.
 _LEVEL_DENOM = 10.0
 _ENHANCE = ("Color", "Contrast", "Brightness", "Sharpness")
 
@@ -156,7 +157,7 @@ def rand_augment(
     """timm's RandAugment: ``num_layers`` ops drawn with replacement, each applied with ``prob``
     at a magnitude drawn from N(magnitude, magnitude_std) (uniform in [0, m] for inf), clipped
     to [0, magnitude_max or 10]; 'random' interpolation picks bilinear or bicubic per op."""
-    _check_interpolation(interpolation, ("random", *INTERPOLATIONS))
+    _check_interpolation(interpolation, ("random", *_FILTER_NAMES))
     names = RAND_OPS_INCREASING if increasing else RAND_OPS
     upper = magnitude_max or _LEVEL_DENOM
 
@@ -185,8 +186,8 @@ def _check_interpolation(name: str, allowed: tuple[str, ...]) -> None:
 
 def _resample(interpolation: str, rng: np.random.Generator) -> int:
     if interpolation == "random":
-        return (INTERPOLATIONS["bilinear"], INTERPOLATIONS["bicubic"])[rng.integers(2)]
-    return INTERPOLATIONS[interpolation]
+        return FILTERS[_FILTER_NAMES[rng.integers(2)]]
+    return FILTERS[interpolation]
 
 
 def _inverse_affine(center, angle, translate, shear) -> list[float]:
@@ -263,9 +264,9 @@ def trivial_augment_space(num_bins: int = 31) -> dict[str, tuple[np.ndarray, boo
 def trivial_augment_wide(num_bins: int = 31, interpolation: str = "nearest", fill=0) -> Augment:
     """TrivialAugmentWide (Muller and Hutter 2021): one uniformly drawn op at a uniformly drawn
     magnitude bin, negated half the time where signed (torchvision's defaults)."""
-    _check_interpolation(interpolation, ("nearest", *INTERPOLATIONS))
+    _check_interpolation(interpolation, ("nearest", *_FILTER_NAMES))
     space = list(trivial_augment_space(num_bins).items())
-    resample = {"nearest": Image.Resampling.NEAREST, **INTERPOLATIONS}[interpolation]
+    resample = FILTERS[interpolation]
 
     def augment(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         name, (magnitudes, signed) = space[rng.integers(len(space))]

@@ -265,7 +265,7 @@ def create_train_iterator(
     if start_step < 0:
         raise ValueError(f"start_step must be >= 0, got {start_step}.")
     if config.dataset == "synthetic":
-        return synthetic.train_iterator(
+        return synthetic.train_batches(
             _synthetic(config, True, seed),
             local_batch=local_batch,
             start_step=start_step,
@@ -329,7 +329,7 @@ def create_eval_iterator(
     index, count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, count)
     if config.dataset == "synthetic":
-        return synthetic.eval_iterator(
+        return synthetic.eval_batches(
             _synthetic(config, False, 0),
             local_batch=local_batch,
             process_index=index,

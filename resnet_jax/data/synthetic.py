@@ -54,7 +54,7 @@ class SyntheticData:
         }
 
 
-def train_iterator(
+def train_batches(
     data: SyntheticData,
     *,
     local_batch: int,
@@ -71,7 +71,7 @@ def train_iterator(
         step += 1
 
 
-def eval_iterator(
+def eval_batches(
     data: SyntheticData,
     *,
     local_batch: int,

@@ -67,7 +67,7 @@ def check_formats(names: Sequence[str], calibration: str | os.PathLike | None) -
     return tuple(dict.fromkeys(names))
 
 
-def check_output(output: str | os.PathLike, overwrite: bool) -> Path:
+def check_output_folder(output: str | os.PathLike, overwrite: bool) -> Path:
     """The output folder: new, empty, or (with ``overwrite``) to be replaced at the end."""
     output = Path(output)
     if output.exists() and not output.is_dir():
@@ -141,7 +141,7 @@ def export_predictor(
 ) -> Path:
     """Writes the predictor's model in ``formats_`` with export.json into ``output``."""
     names = check_formats(formats_, calibration)
-    output = check_output(output, overwrite)
+    output = check_output_folder(output, overwrite)
     calib = load_calibration(calibration, predictor, calibration_samples) if calibration else None
     fn = _logits_fn(predictor)
     size, channels = predictor.preset.crop, predictor.model.in_channels
@@ -209,7 +209,7 @@ def export_checkpoint(
     from resnet_jax.inference import load_predictor
 
     check_formats(formats_, kwargs.get("calibration"))
-    check_output(output, kwargs.get("overwrite", False))
+    check_output_folder(output, kwargs.get("overwrite", False))
     try:
         predictor = load_predictor(checkpoint)
     except FileNotFoundError as e:

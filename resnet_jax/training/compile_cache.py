@@ -25,7 +25,7 @@ AUTO = "auto"
 MIN_COMPILE_SECONDS = 0.2
 
 
-def resolve(setting: str) -> epath.Path | None:
+def cache_directory(setting: str) -> epath.Path | None:
     """The cache directory ``setting`` names ('auto': the user cache), or None when off."""
     if not setting:
         return None
@@ -36,14 +36,14 @@ def resolve(setting: str) -> epath.Path | None:
 
 
 def enable(setting: str) -> epath.Path | None:
-    """Points JAX's persistent compilation cache at ``resolve(setting)``; returns it.
+    """Points JAX's persistent compilation cache at ``cache_directory(setting)``; returns it.
 
     Idempotent; a later call with another directory moves the cache there (JAX reads the
     directory once, when it first compiles, so the cache is reset on a change).
     """
     from jax.experimental.compilation_cache import compilation_cache
 
-    directory = resolve(setting)
+    directory = cache_directory(setting)
     if directory is not None and jax.process_count() > 1 and jax.default_backend() == "cpu":
         logging.warning("Compilation cache off: multi-process CPU runs compile afresh.")
         directory = None

@@ -21,7 +21,7 @@ from resnet_jax.training.evaluate import eval_sums
 from resnet_jax.training.state import TrainState
 from resnet_jax.training.steps import AxisNames
 
-PLOT_FILE = "confusion_matrix.png"
+CONFUSION_PLOT_FILE = "confusion_matrix.png"
 JSON_FILE = "confusion_matrix.json"
 
 
@@ -103,7 +103,7 @@ def write_final(run: Any, result: dict[str, Any]) -> dict[str, Any] | None:
         workdir = storage.path(run.workdir)
         (workdir / JSON_FILE).write_text(json.dumps({**out, "counts": counts.tolist()}))
         title = f"step {result['step']}: top-1 {top1:.4f} on {count} eval images"
-        path = plot_confusion_matrix(counts, names, workdir / PLOT_FILE, title)
+        path = plot_confusion_matrix(counts, names, workdir / CONFUSION_PLOT_FILE, title)
         run.writer.write("final", result["step"], {"top1": top1, "count": count})
         run.progress.message(f"Final top-1 {top1:.4f} on {count} eval images. Confusion: {path}")
     return {**out, "counts": counts}

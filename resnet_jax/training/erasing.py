@@ -13,7 +13,7 @@ import math
 import jax
 import jax.numpy as jnp
 
-MODES = ("pixel", "rand", "const")
+ERASING_MODES = ("pixel", "rand", "const")
 ATTEMPTS = 10  # timm tries this many boxes before leaving an image as it is
 
 
@@ -63,8 +63,8 @@ def random_erasing(
 ) -> jax.Array:
     """Erases one random box (timm's default area and aspect ranges) in each normalised NHWC
     image with ``probability`` (timm's reprob; 0.25 in DeiT; timm's --remode default 'pixel')."""
-    if mode not in MODES:
-        raise ValueError(f"Unknown Random Erasing mode {mode!r}; expected one of {MODES}.")
+    if mode not in ERASING_MODES:
+        raise ValueError(f"Unknown Random Erasing mode {mode!r}; expected one of {ERASING_MODES}.")
     n, height, width, channels = images.shape
     k_apply, k_box, k_values = jax.random.split(key, 3)
     boxes = boxes_from_uniforms(jax.random.uniform(k_box, (n, ATTEMPTS, 4)), height, width)

@@ -7,7 +7,7 @@ from typing import Any
 from resnet_jax import storage
 from resnet_jax.training.metrics import read_metrics
 
-PLOT_FILE = "curves.png"
+CURVES_PLOT_FILE = "curves.png"
 
 
 def plot_curves(
@@ -48,4 +48,4 @@ def plot_curves(
         best = max(evals, key=lambda r: r["top1"])
         fig.suptitle(f"final validation top-1 {evals[-1]['top1']:.4f} (best {best['top1']:.4f})")
     fig.tight_layout()
-    return storage.save_figure(fig, storage.path(workdir) / PLOT_FILE)
+    return storage.save_figure(fig, storage.path(workdir) / CURVES_PLOT_FILE)

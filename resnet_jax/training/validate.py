@@ -21,7 +21,7 @@ from resnet_jax.data.presets import (
     TRAIN_PREPROCESS,
 )
 from resnet_jax.models import list_models, model_spec
-from resnet_jax.parallel import MODES, check_batch_size
+from resnet_jax.parallel import PARALLELISM_MODES, check_batch_size
 from resnet_jax.training.optim import OPTIMIZERS, SCHEDULES, warmup_steps
 from resnet_jax.training.profile import parse_steps
 
@@ -30,7 +30,7 @@ NONFINITE = ("stop", "skip")
 # Fields with a fixed set of values: (dotted name, the values, what the message adds).
 CHOICES = (
     ("dtype", DTYPES, ""),
-    ("parallelism", MODES, ""),
+    ("parallelism", PARALLELISM_MODES, ""),
     ("optimizer.name", OPTIMIZERS, ""),
     ("optimizer.lr_schedule", SCHEDULES, ""),
     (
