@@ -12,7 +12,7 @@ the Colab notebook trains on it this way:
         --config.data.eval_folder=/content/data/imagenette2-320/val
 
 As written it reads TFDS's ``imagenette/320px-v2``, the same 320 px variant (0.3 GB; TFDS's
-default ``imagenette`` is the 1.5 GB full-size one). ``--config.data.download=True`` prepares
+default variant is the 1.5 GB full-size one). ``--config.data.download=True`` prepares
 it the first time, with TensorFlow Datasets.
 """
 
