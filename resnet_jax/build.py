@@ -17,7 +17,7 @@ import optax
 from resnet_jax import backend as backends
 from resnet_jax import parallel as par
 from resnet_jax import spec as run_spec
-from resnet_jax.data.presets import Preset
+from resnet_jax.data import presets
 from resnet_jax.models import ResNet, create_model
 from resnet_jax.training import ema, erasing, finetune, mixup, optim
 from resnet_jax.training.steps import AugmentFn, LossFn
@@ -26,13 +26,15 @@ from resnet_jax.training.steps import AugmentFn, LossFn
 @dataclasses.dataclass(frozen=True)
 class Built:
     """What a run trains: the model (fine-tuning's frozen stages set), the preset that
-    normalises uint8 batches in the steps, the learning-rate schedule, the optimizer, the loss,
-    the on-device batch augmentation (None: none) and the weight EMA's decay (None: no EMA)."""
+    normalises uint8 batches in the steps, the learning-rate schedule, the optimizer, the
+    backend (its forward options compile the eval step), the loss, the on-device batch
+    augmentation (None: none) and the weight EMA's decay (None: no EMA)."""
 
     model: ResNet
-    preset: Preset
+    preset: presets.Preset
     lr_fn: optax.Schedule
     tx: optax.GradientTransformation
+    backend: backends.Backend
     loss_fn: LossFn = optim.cross_entropy
     augment_fn: AugmentFn | None = None
     ema_decay: ema.DecaySchedule | None = None
@@ -44,12 +46,12 @@ def build_model(
     *,
     parallel: par.DataParallel | None = None,
     dtype: str | None = None,
-    backend: str | None = None,
+    backend: backends.Backend | None = None,
 ) -> ResNet:
     """The architecture of a complete config (``spec.config``, or ``spec.complete`` of a
     config.json) for ``num_classes``: float32 parameters, compute in ``dtype`` (default
     ``config.dtype``), BatchNorm over ``parallel``'s devices (None: one device, inference),
-    the convolution of ``backend`` (default ``config.backend``)."""
+    the convolution of ``backend`` (default ``backend_of(config, parallel)``)."""
     settings = {
         "num_classes": num_classes,
         "dtype": jnp.dtype(dtype or config.dtype),
@@ -58,7 +60,7 @@ def build_model(
         "space_to_depth": config.model.space_to_depth,
         "remat": config.model.remat,
         "drop_path_rate": config.model.drop_path_rate,
-        "conv_general_dilated": backend_of(config, parallel, backend).conv_general_dilated,
+        "conv_general_dilated": (backend or backend_of(config, parallel)).conv_general_dilated,
         **config.model.kwargs.to_dict(),  # Any ResNet attribute, these included.
     }
     return create_model(
@@ -66,16 +68,13 @@ def build_model(
     )
 
 
-def backend_of(
-    config: Any, parallel: par.DataParallel | None = None, name: str | None = None
-) -> backends.Backend:
-    """``config.backend`` (or ``name``) for the run's devices; a ConfigError naming the fix if
-    it cannot be."""
+def backend_of(config: Any, parallel: par.DataParallel | None = None) -> backends.Backend:
+    """``config.backend`` for the run's devices; a ConfigError naming the fix if it cannot be."""
     from resnet_jax.training.validate import ConfigError
 
     platform = (parallel.devices if parallel else jax.devices())[0].platform
     try:
-        return backends.get_backend(name or config.get("backend", "xla"), platform)
+        return backends.get_backend(config.backend, platform)
     except ValueError as e:
         raise ConfigError(str(e)) from e
 
@@ -83,12 +82,13 @@ def backend_of(
 def model_from_config(config: Any, num_classes: int) -> ResNet:
     """A recorded run's architecture (a config.json, however old) in float32 on one device
     (no BN axes), for inference: the plain model, whatever backend trained it."""
-    return build_model(run_spec.complete(config), num_classes, dtype="float32", backend="xla")
+    config = run_spec.complete(config)
+    return build_model(config, num_classes, dtype="float32", backend=backends.Backend())
 
 
-def preset_from_config(config: Any) -> Preset:
-    """A recorded run's eval preprocessing (``spec.eval_preset`` of the completed config)."""
-    return run_spec.eval_preset(run_spec.complete(config))
+def preset_from_config(config: Any) -> presets.Preset:
+    """A recorded run's eval preprocessing (``presets.eval_preset`` of the completed config)."""
+    return presets.eval_preset(run_spec.complete(config).data)
 
 
 def loss_function(config: Any) -> LossFn:
@@ -134,7 +134,8 @@ def build(spec: run_spec.RunSpec, parallel: par.DataParallel | None = None) -> B
     """Model, preset, schedule and optimizer of the run ``spec`` describes; fine-tuning freezes
     stages in the model and partitions the optimizer (frozen, backbone, head)."""
     config = spec.config
-    model = build_model(config, spec.num_classes, parallel=parallel)
+    backend = backend_of(config, parallel)
+    model = build_model(config, spec.num_classes, parallel=parallel, backend=backend)
     lr_fn = optim.create_learning_rate_schedule(
         config.optimizer,
         batch_size=config.batch_size,
@@ -164,6 +165,7 @@ def build(spec: run_spec.RunSpec, parallel: par.DataParallel | None = None) -> B
         spec.preset,
         lr_fn,
         tx,
+        backend,
         loss_fn=loss_function(config),
         augment_fn=augment_function(config, spec.num_classes),
         ema_decay=ema_decay,

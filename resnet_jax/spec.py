@@ -156,8 +156,20 @@ def complete(config: Any) -> ml_collections.FrozenConfigDict:
     field taken from ``default_config()``, frozen; lists become tuples."""
     given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
     given.pop(DERIVED, None)
-    merged = pipeline.merge_defaults(default_config().to_dict(), given)
-    return ml_collections.FrozenConfigDict(merged)
+    return ml_collections.FrozenConfigDict(_merge(default_config().to_dict(), given))
+
+
+def _merge(defaults: dict[str, Any], given: dict[str, Any], where: str = "") -> dict[str, Any]:
+    """``given`` over ``defaults``, section by section; fields the defaults lack are kept, with
+    a warning (``where`` prefixes their names)."""
+    unknown = sorted(set(given) - set(defaults))
+    if unknown and defaults:
+        logging.warning("Unknown config fields kept: %s", ", ".join(where + k for k in unknown))
+    out = dict(defaults)
+    for key, value in given.items():
+        both = isinstance(out.get(key), dict) and isinstance(value, dict)
+        out[key] = _merge(out[key], value, f"{where}{key}.") if both else value
+    return out
 
 
 @dataclasses.dataclass(frozen=True)
@@ -191,15 +203,6 @@ class RunSpec:
         derived["preset"] = self.preset.to_dict()
         config = json.loads(self.config.to_json_best_effort())
         return json.loads(json.dumps({**config, DERIVED: derived}))
-
-
-def eval_preset(config: Any) -> presets.Preset:
-    """The eval preprocessing of a complete config: resize the eval size (data.eval_image_size, or
-    image_size) / crop_pct and center-crop it (or squash to it for eval_preprocess 'resize')."""
-    preset = presets.data_preset(config.data)
-    if config.data.eval_preprocess == "resize":
-        preset = dataclasses.replace(preset, resize=preset.crop, resize_mode="squash")
-    return preset
 
 
 def num_stages(config: Any) -> int:
@@ -395,5 +398,5 @@ def resolve(
         total_steps=total_steps,
         warmup_steps=optim.warmup_steps(resolved.optimizer, steps_per_epoch),
         per_device_batch=resolved.batch_size // num_devices,
-        preset=eval_preset(frozen),
+        preset=presets.eval_preset(frozen.data),
     )

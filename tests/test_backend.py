@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from recipes import load_config
+from recipes import load_config, tiny_synthetic_config
 
-from resnet_jax import backend, parallel
+from resnet_jax import backend, parallel, spec
 from resnet_jax.build import build_model
 from resnet_jax.models import create_model
-from resnet_jax.training import steps
+from resnet_jax.training import steps, train_and_evaluate
 from resnet_jax.training.state import create_train_state
 from resnet_jax.training.validate import ConfigError
 
@@ -67,8 +67,27 @@ def test_the_builder_builds_the_model_with_the_configured_backend():
     config.backend = "fast"
     with pytest.raises(ConfigError, match=r"^backend 'fast' is not one of"):
         build_model(config, 10, parallel=dp)
-    del config["backend"]  # a config.json written before the field existed
-    assert build_model(config, 10, parallel=dp).conv_general_dilated is jax.lax.conv_general_dilated
+    del config["backend"]  # a config.json written before the field existed, completed
+    old = spec.complete(config)
+    assert build_model(old, 10, parallel=dp).conv_general_dilated is jax.lax.conv_general_dilated
+
+
+def test_a_run_looks_its_backend_up_once_and_compiles_eval_with_its_options(
+    tmp_path, monkeypatch, fast_compile
+):
+    looked_up, eval_options = [], []
+    get, compile_eval = backend.get_backend, steps.compile_eval_step
+    monkeypatch.setattr(backend, "get_backend", lambda *a: looked_up.append(a) or get(*a))
+
+    def spy(*args, **kwargs):
+        eval_options.append(kwargs["compiler_options"])
+        return compile_eval(*args, **kwargs)
+
+    monkeypatch.setattr(steps, "compile_eval_step", spy)
+    config = tiny_synthetic_config(backend="cpu_fast", num_train_steps=1, keep_checkpoints=0)
+    train_and_evaluate(config, str(tmp_path))
+    assert looked_up == [("cpu_fast", "cpu")]
+    assert eval_options == [get("cpu_fast", "cpu").forward_options] == [_INDIVIDUAL_DOT]
 
 
 def test_an_option_this_jaxlib_rejects_falls_back_with_a_warning(monkeypatch, caplog):

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from resnet_jax import spec
 from resnet_jax.data import folder, pipeline, write_digits_folder
 
 _ROWS, _COLS = np.meshgrid(np.arange(20), np.arange(24), indexing="ij")
@@ -137,7 +138,7 @@ def test_missing_folder_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         folder.scan_folder(tmp_path / "nowhere")
     with pytest.raises(ValueError, match="data.folder"):
-        pipeline.get_dataset_info({"dataset": "folder"})
+        pipeline.get_dataset_info(spec.complete({"data": {"dataset": "folder"}}).data)
 
 
 def test_holdout_split_is_fixed_stratified_and_disjoint(tmp_path):

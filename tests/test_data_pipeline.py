@@ -7,6 +7,7 @@ import ml_collections
 import numpy as np
 import pytest
 
+from resnet_jax import spec
 from resnet_jax.data import digits, pipeline
 
 
@@ -222,7 +223,8 @@ def test_synthetic_data_is_fixed_by_the_seed_and_needs_no_tensorflow():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "False"
-    info = pipeline.get_dataset_info({"dataset": "synthetic", "synthetic_size": 10})
+    partial = {"dataset": "synthetic", "synthetic_size": 10}  # Completed at its entry.
+    info = pipeline.get_dataset_info(spec.complete({"data": partial}).data)
     assert info == pipeline.DatasetInfo(1000, 10, 256, None)
 
 
@@ -233,4 +235,4 @@ def test_digits_info_says_ten_classes_and_the_split_sizes():
 
 def test_unknown_dataset_lists_the_supported_ones():
     with pytest.raises(ValueError, match="'digits'.*'imagenet2012'"):
-        pipeline.get_dataset_info({"dataset": "imagenet2021"})
+        pipeline.get_dataset_info(spec.complete({"data": {"dataset": "imagenet2021"}}).data)

@@ -201,7 +201,7 @@ def test_eval_pixels_are_predicts_and_within_one_of_tfdata(photos, tmp_path):
         ]
     )
     _, held = pipeline.folder_indices(config)
-    preset = pipeline.presets.data_preset(pipeline.with_defaults(config))
+    preset = pipeline.presets.eval_preset(config)
     assert ours.shape == (8, 24, 24, 3)
     for image, file in zip(ours, held.files, strict=True):
         np.testing.assert_array_equal(image, images.pixels(images.load_rgb(file), preset))

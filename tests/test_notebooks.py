@@ -361,10 +361,10 @@ def test_the_data_cell_checks_the_archive_and_extracts_it_once(smoke_env, kernel
 # against what the predict cell showed, and the shown pixels against the batch's uint8 pixels.
 EVAL_CHECK = """
 import json, types
-from resnet_jax.data import pipeline, presets
+from resnet_jax.data import presets
 from resnet_jax.training.steps import eval_step
 
-preset = presets.data_preset(pipeline.with_defaults(config.data))
+preset = presets.data_preset(config.data)
 state = types.SimpleNamespace(variables=variables, ema=None)  # raw weights only
 step = jax.jit(jax.vmap(
     lambda b: eval_step(state, b, model=model, axis_name="d", preset=preset),

@@ -10,8 +10,8 @@ from PIL import Image
 tf = pytest.importorskip("tensorflow")
 datasets = pytest.importorskip("sklearn.datasets")
 
-from resnet_jax import images  # noqa: E402
-from resnet_jax.data import pipeline, preprocess, presets  # noqa: E402
+from resnet_jax import images, spec  # noqa: E402
+from resnet_jax.data import grain_pipeline, pipeline, preprocess, presets  # noqa: E402
 from resnet_jax.training.validate import ConfigError, check_config  # noqa: E402
 from tests.recipes import load_config  # noqa: E402
 
@@ -51,6 +51,34 @@ def test_eval_and_predict_model_inputs_agree_within_one_level(photos, name):
         ours, img = _both(photo, preset, "float32")
         # The float32 pipeline skips the final rounding: half a level more than above.
         assert np.all(np.abs(ours - images.preprocess(img, preset)) <= 1.5 * one_level + 1e-5)
+
+
+@pytest.mark.parametrize("kind", presets.EVAL_PREPROCESS)
+def test_the_recorded_eval_preset_is_the_one_both_pipelines_compute(photos, kind, monkeypatch):
+    config = load_config("default")
+    config.data.update(image_size=64, eval_preprocess=kind, image_dtype="uint8")
+    info = pipeline.DatasetInfo(1000, 1_281_167, 50_000, None)
+    run = spec.resolve(config, num_devices=1, process_count=1, dataset_info=info)
+    recorded = presets.Preset.from_dict(run.record()["derived"]["preset"])
+    tfdata = []  # The preset tf.data's eval transform is built from.
+    spy = lambda preset, dtype: tfdata.append(preset) or original(preset, dtype)  # noqa: E731
+    original = preprocess.preset_transform
+    monkeypatch.setattr(preprocess, "preset_transform", spy)
+    tf_transform = preprocess.make_eval_transform(run.config.data)
+    grain_transform = grain_pipeline.EvalTransform(run.config.data)
+    assert tfdata == [grain_transform.preset] and grain_transform.preset == recorded
+    squash = {"resize": 64, "resize_mode": "squash"}  # The whole photo, as train's 'resize'.
+    expected = {"center_crop": {"resize": 73, "resize_mode": "short_side"}, "resize": squash}
+    assert {"resize": recorded.resize, "resize_mode": recorded.resize_mode} == expected[kind]
+    for photo in photos:
+        ours = images.pixels(Image.fromarray(photo), run.preset)
+        np.testing.assert_array_equal(grain_transform(photo), ours)
+        tf_pixels = tf_transform(tf.constant(photo)).numpy()
+        assert tf_pixels.shape == ours.shape == (64, 64, 3)
+        assert np.abs(tf_pixels.astype(int) - ours.astype(int)).max() <= 1
+        if kind == "resize":
+            squashed = Image.fromarray(photo).resize((64, 64), Image.Resampling.BILINEAR)
+            np.testing.assert_array_equal(ours, np.asarray(squashed))
 
 
 def test_nearest_picks_the_same_source_pixels_as_pillow():

@@ -35,7 +35,7 @@ def test_uint8_batches_are_the_float_batches_before_normalisation(preset):
     assert a["image"].dtype == np.float32 and b["image"].dtype == np.uint8
     assert b["image"].nbytes * 4 == a["image"].nbytes
     np.testing.assert_array_equal(a["label"], b["label"])
-    preset_obj = presets.data_preset(pipeline.with_defaults(as_uint8))
+    preset_obj = presets.data_preset(as_uint8)
     on_device = np.asarray(steps.model_inputs(jax.numpy.asarray(b["image"]), preset_obj))
     # Pixels are rounded to whole values: at most half a grey level apart.
     half_level = {"torch": 0.5 / 255.0 / min(preset_obj.std), "tf": 0.5 / 127.5, "caffe": 0.5}[

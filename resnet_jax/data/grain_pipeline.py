@@ -19,7 +19,6 @@ without it. ``uses_grain`` says where tf.data, and so TensorFlow, would be neede
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import math
@@ -219,11 +218,8 @@ class EvalTransform:
     """record -> (S, S, 3) image: ``images.pixels`` of the config's preset, as ``predict``."""
 
     def __init__(self, config: Any):
-        presets.check_choice("eval_preprocess", config.eval_preprocess, presets.EVAL_PREPROCESS)
         presets.check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
-        self.preset = presets.data_preset(config)
-        if config.eval_preprocess == "resize":
-            self.preset = dataclasses.replace(self.preset, resize_mode="squash")
+        self.preset = presets.eval_preset(config)
         self.image_dtype = config.image_dtype
 
     def __call__(self, data: Any) -> np.ndarray:
@@ -390,7 +386,6 @@ def create_train_iterator(
     """Endless training batches {'image', 'label'} for this process from ``start_step``, at the
     position a ``state`` saved by ``TrainIterator.get_state`` records (see ``resume_position``),
     as ``pipeline.create_train_iterator`` yields them in shape and dtype."""
-    config = pipeline.with_defaults(config)
     index, count = pipeline._processes(process_index, process_count)
     local_batch = pipeline._local_batch(global_batch_size, count)
     if start_step < 0:
@@ -415,7 +410,6 @@ def create_eval_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Every eval example once across processes (mask 1), then padding (mask 0), in the same
     number of batches on every process."""
-    config = pipeline.with_defaults(config)
     index, count = pipeline._processes(process_index, process_count)
     local_batch = pipeline._local_batch(global_batch_size, count)
     source = make_source(config, train=False, cache_dir=cache_dir)
@@ -431,7 +425,6 @@ def uses_grain(config: Any) -> bool:
     """Whether ``data.pipeline`` picks Grain for this dataset. Synthetic data has its own NumPy
     stream; a TFDS build without ArrayRecord files keeps tf.data, with a warning saying how to
     convert it. Raises NoTensorFlowError where tf.data would be needed and TF is missing."""
-    config = pipeline.with_defaults(config)
     presets.check_choice("data.pipeline", config.pipeline, ("grain", "tfdata"))
     if config.dataset == "synthetic":
         return False

@@ -11,6 +11,9 @@ Records whose bytes cannot be an image (empty, not an image format, truncated JP
 skipped with a warning naming them. A training epoch keeps its length: the first good records
 of the same shuffled epoch fill the places of skipped ones, so resuming stays exact.
 
+Every function takes a complete data config (a run's ``spec.config.data``, or
+``spec.complete({"data": partial}).data``): none fills in defaults.
+
 TensorFlow and TFDS are imported inside functions only: ``import resnet_jax.data`` stays TF-free,
 and TensorFlow is an extra (``resnet-jax[tf]``) that training hosts on the Grain path lack.
 """
@@ -24,7 +27,6 @@ from typing import Any
 
 import ml_collections
 import numpy as np
-from absl import logging
 
 from resnet_jax.data import digits, folder, presets, shards, synthetic
 
@@ -45,7 +47,7 @@ def _optional_str() -> ml_collections.FieldReference:
 
 
 def default_data_config() -> ml_collections.ConfigDict:
-    """Every data field with its default; a run config's ``data`` section overrides these."""
+    """Every data field with its default: ``spec.complete`` fills a config's missing ones."""
     c = ml_collections.ConfigDict()
     # 'imagenet2012', 'imagenette', 'tf_flowers', 'cifar10' or any TFDS image-classification
     # name; 'digits' (scikit-learn's handwritten digits, offline); 'folder' (class subfolders);
@@ -104,31 +106,6 @@ def default_data_config() -> ml_collections.ConfigDict:
     return c
 
 
-def merge_defaults(
-    defaults: dict[str, Any], given: dict[str, Any], where: str = ""
-) -> dict[str, Any]:
-    """``given`` over ``defaults``, section by section; fields the defaults lack are kept, with
-    a warning (``where`` prefixes their names)."""
-    unknown = sorted(set(given) - set(defaults))
-    if unknown and defaults:
-        logging.warning("Unknown config fields kept: %s", ", ".join(where + k for k in unknown))
-    out = dict(defaults)
-    for key, value in given.items():
-        both = isinstance(out.get(key), dict) and isinstance(value, dict)
-        out[key] = merge_defaults(out[key], value, f"{where}{key}.") if both else value
-    return out
-
-
-def with_defaults(config: Any) -> ml_collections.ConfigDict:
-    """``config`` (ConfigDict or dict) with every missing field taken from the defaults, for
-    callers of the pipeline alone; a run's data config (frozen, from its spec) is complete."""
-    if isinstance(config, ml_collections.FrozenConfigDict):
-        return config
-    given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-    merged = merge_defaults(default_data_config().to_dict(), given, "data.")
-    return ml_collections.ConfigDict(merged)
-
-
 def _processes(index: int | None, count: int | None) -> tuple[int, int]:
     if index is None or count is None:
         import jax
@@ -164,7 +141,6 @@ def folder_indices(
 ) -> tuple[folder.FolderIndex, folder.FolderIndex]:
     """(train, eval) indexes of a 'folder' dataset: ``eval_folder`` or a fixed hold-out. Each
     folder is scanned once per process (and its index kept in ``cache_dir`` with ``write``)."""
-    config = with_defaults(config)
     if not config.folder:
         raise ValueError("data.folder must name a folder of class subfolders for dataset 'folder'.")
     scan = functools.partial(
@@ -189,7 +165,6 @@ def get_dataset_info(
 ) -> DatasetInfo:
     """Classes and global example counts of the configured dataset (prepares TFDS data); a
     folder's index is read from ``cache_dir`` (the run's workdir) when kept there."""
-    config = with_defaults(config)
     if config.dataset == "synthetic":
         sizes = int(config.synthetic_size), int(config.synthetic_eval_size)
         return DatasetInfo(int(config.num_classes), *sizes, None)
@@ -259,7 +234,6 @@ def create_train_iterator(
     B = global_batch_size // process_count. Started at ``start_step`` it yields exactly the
     batches the uninterrupted iterator yields from that step on.
     """
-    config = with_defaults(config)
     index, count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, count)
     if start_step < 0:
@@ -325,7 +299,6 @@ def create_eval_iterator(
 ) -> Iterator[dict[str, np.ndarray]]:
     """Finite batches {'image', 'label', 'mask'}: every eval example once across processes with
     mask 1, padding (mask 0) at the end, and the same number of batches on every process."""
-    config = with_defaults(config)
     index, count = _processes(process_index, process_count)
     local_batch = _local_batch(global_batch_size, count)
     if config.dataset == "synthetic":

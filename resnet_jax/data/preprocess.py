@@ -9,7 +9,6 @@ This module imports TensorFlow at import time; only the input pipeline imports i
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -205,12 +204,8 @@ def make_train_transform(config: Any) -> Callable[[tf.Tensor, tf.Tensor], tf.Ten
 
 def make_eval_transform(config: Any) -> Callable[[tf.Tensor], tf.Tensor]:
     """Returns ``fn(data) -> (S, S, 3)`` for ``config.eval_preprocess`` (dtype as above)."""
-    presets.check_choice("eval_preprocess", config.eval_preprocess, presets.EVAL_PREPROCESS)
     presets.check_choice("image_dtype", config.image_dtype, presets.IMAGE_DTYPES)
-    preset = presets.data_preset(config)
-    if config.eval_preprocess == "resize":
-        preset = dataclasses.replace(preset, resize_mode="squash")
-    return preset_transform(preset, config.image_dtype)
+    return preset_transform(presets.eval_preset(config), config.image_dtype)
 
 
 def preset_transform(preset: presets.Preset, image_dtype: str) -> Callable[[tf.Tensor], tf.Tensor]:

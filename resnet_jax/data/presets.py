@@ -105,11 +105,11 @@ def data_preset(data: Any) -> Preset:
     """The eval resize/crop/normalisation of a training data config (``config.data``).
 
     With ``data.preset`` set, that preset decides, its resize/crop ratio scaled to the eval
-    size (``eval_image_size``, or ``image_size`` when 0 or absent); otherwise ``crop_pct``,
+    size (``eval_image_size``, or ``image_size`` when 0); otherwise ``crop_pct``,
     ``interpolation``, ``mean`` and ``std`` do.
     """
-    size = int(data.get("eval_image_size") or data.image_size)
-    if data.get("preset"):
+    size = int(data.eval_image_size or data.image_size)
+    if data.preset:
         p = get_preset(data.preset)
         resize_size = size * p.resize // p.crop if p.crop != size else p.resize
         return dataclasses.replace(p, resize=resize_size, crop=size)
@@ -122,6 +122,16 @@ def data_preset(data: Any) -> Preset:
         mean=tuple(float(m) for m in data.mean),
         std=tuple(float(s) for s in data.std),
     )
+
+
+def eval_preset(data: Any) -> Preset:
+    """The eval preprocessing of a complete data config, for the spec, tf.data and Grain alike:
+    ``data_preset``, or for eval_preprocess 'resize' the whole image squashed to the crop."""
+    check_choice("eval_preprocess", data.eval_preprocess, EVAL_PREPROCESS)
+    preset = data_preset(data)
+    if data.eval_preprocess == "resize":
+        preset = dataclasses.replace(preset, resize=preset.crop, resize_mode="squash")
+    return preset
 
 
 # Pipeline outputs: normalised float32, or uint8 pixels that the steps normalise on the device.

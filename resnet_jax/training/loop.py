@@ -130,7 +130,7 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
         parallel,
         model=built.model,
         preset=built.preset,
-        compiler_options=builder.backend_of(config, parallel).forward_options,
+        compiler_options=built.backend.forward_options,
     )
     progress = ProgressBar(spec.total_steps, enabled=is_main and config.progress_bar)
     progress.message(
