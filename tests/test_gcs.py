@@ -93,6 +93,18 @@ def test_a_missing_bucket_or_missing_credentials_is_one_clear_message(gcs, monke
     assert storage.remote_problem("/tmp/run", "--workdir") is None
 
 
+def test_an_object_in_the_way_of_a_gs_workdir_is_one_clear_message(gcs):
+    blocked = epath.Path(gcs, "blocked", "notes.txt")
+    blocked.write_text("mine")
+    fix = "pass --workdir=DIR naming a directory you can write to (new, or an earlier run's)."
+    under = f"is under {blocked}, a file"
+    for workdir, where in [(blocked, "is a file"), (blocked / "run", under)]:
+        with pytest.raises(ConfigError) as e:
+            check_workdir(str(workdir))
+        assert str(e.value) == f"workdir {workdir} {where}, not a directory: {fix}"
+    assert list(blocked.parent.iterdir()) == [blocked] and blocked.read_text() == "mine"
+
+
 def train(workdir: str, tmp: pathlib.Path, *flags: str) -> subprocess.Popen:
     """The quickstart through train.py (reporting saves and restores), output to a pipe."""
     env = {
