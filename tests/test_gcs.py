@@ -292,3 +292,21 @@ def test_a_tfds_array_record_build_in_the_bucket_is_read_through_data_source(gcs
     assert batch["image"].shape == (4, 8, 8, 3)
     evaluated = list(grain_pipeline.create_eval_iterator(config, global_batch_size=3, **one))
     assert sum(b["mask"].sum() for b in evaluated) == 4
+
+
+def test_export_writes_a_gs_folder_checked_in_a_local_one_that_is_removed(
+    gcs, tmp_path, monkeypatch
+):
+    from resnet_jax.data.presets import Preset
+    from resnet_jax.export import export_predictor
+    from resnet_jax.inference import random_predictor
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    predictor = random_predictor("resnet20", Preset("tiny", resize=40, crop=32), num_classes=3)
+    out = export_predictor(predictor, f"{gcs}/exported/r20", ["stablehlo"])
+    assert str(out) == f"{gcs}/exported/r20"
+    assert sorted(f.name for f in out.iterdir()) == ["export.json", "model.stablehlo"]
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["files"] == {"stablehlo": "model.stablehlo"} and meta["num_classes"] == 3
+    assert meta["checks"]["stablehlo"]["max_relative_difference"] <= 1e-5
+    assert os.listdir(tmp_path) == []
