@@ -8,9 +8,10 @@ the quickstart trains and evaluates on real data offline. NumPy and Pillow only.
 from __future__ import annotations
 
 import functools
-import pathlib
+import os
 
 import numpy as np
+from etils import epath
 from PIL import Image
 
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -69,18 +70,18 @@ def num_examples(split: str) -> int:
 
 
 def write_digits_folder(
-    path: str | pathlib.Path,
+    path: str | os.PathLike,
     *,
     split: str = "train",
     image_size: int = 32,
     per_class: int | None = None,
-) -> pathlib.Path:
+) -> epath.Path:
     """Writes a split as PNGs in class subfolders ``path/<digit>/<index>.png``; returns ``path``.
 
     A folder of real images for the 'folder' dataset, fine-tuning and prediction demos;
     ``per_class`` keeps only the first n images of each class.
     """
-    root = pathlib.Path(path)
+    root = epath.Path(path)
     images, labels = load_digits_split(split, image_size)
     counts = dict.fromkeys(range(len(CLASS_NAMES)), 0)
     for image, label, index in zip(images, labels, split_indices(split), strict=True):
@@ -89,5 +90,6 @@ def write_digits_folder(
         counts[int(label)] += 1
         class_dir = root / CLASS_NAMES[label]
         class_dir.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(image).save(class_dir / f"{index:04d}.png")
+        with (class_dir / f"{index:04d}.png").open("wb") as f:
+            Image.fromarray(image).save(f, format="PNG")
     return root
