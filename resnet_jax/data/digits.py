@@ -8,10 +8,9 @@ the quickstart trains and evaluates on real data offline. NumPy and Pillow only.
 from __future__ import annotations
 
 import functools
-import os
+import pathlib
 
 import numpy as np
-from etils import epath
 from PIL import Image
 
 CLASS_NAMES: tuple[str, ...] = tuple(str(d) for d in range(10))
@@ -70,18 +69,18 @@ def num_examples(split: str) -> int:
 
 
 def write_digits_folder(
-    path: str | os.PathLike,
+    path: str | pathlib.Path,
     *,
     split: str = "train",
     image_size: int = 32,
     per_class: int | None = None,
-) -> epath.Path:
+) -> pathlib.Path:
     """Writes a split as PNGs in class subfolders ``path/<digit>/<index>.png``; returns ``path``.
 
     A folder of real images for the 'folder' dataset, fine-tuning and prediction demos;
     ``per_class`` keeps only the first n images of each class.
     """
-    root = epath.Path(path)
+    root = pathlib.Path(path)
     images, labels = load_digits_split(split, image_size)
     counts = dict.fromkeys(range(len(CLASS_NAMES)), 0)
     for image, label, index in zip(images, labels, split_indices(split), strict=True):
@@ -90,6 +89,5 @@ def write_digits_folder(
         counts[int(label)] += 1
         class_dir = root / CLASS_NAMES[label]
         class_dir.mkdir(parents=True, exist_ok=True)
-        with (class_dir / f"{index:04d}.png").open("wb") as f:
-            Image.fromarray(image).save(f, format="PNG")
+        Image.fromarray(image).save(class_dir / f"{index:04d}.png")
     return root
