@@ -20,7 +20,6 @@ import json
 import os
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -157,7 +156,7 @@ def check_options(args: argparse.Namespace) -> None:
         _check_writable(args.features, "--features")
 
 
-def find_images(inputs: Sequence[str]) -> list[Path]:
+def find_images(inputs: Sequence[str]) -> list[epath.Path]:
     """The image files under ``inputs``; FileNotFoundError or ValueError when a path is
     missing or they hold none."""
     paths = list_images(inputs)
@@ -177,7 +176,7 @@ def predictor_from_args(args: argparse.Namespace) -> Predictor:
         return random_predictor(
             args.model, get_preset(args.preset or "torchvision_v1"), batch_size=args.batch_size
         )
-    if Path(args.checkpoint).suffix in (".onnx", ".tflite"):  # a file from resnet_jax.export
+    if epath.Path(args.checkpoint).suffix in (".onnx", ".tflite"):  # a file from resnet_jax.export
         from resnet_jax.export.runtime import load_exported_predictor
 
         return load_exported_predictor(args.checkpoint, args.preset, args.batch_size)

@@ -88,6 +88,22 @@ def test_pth_and_safetensors_files_convert_like_the_state_dict(resnet18_state_di
         assert jax.tree.all(jax.tree.map(np.array_equal, got, expected))
 
 
+def test_pth_and_safetensors_files_in_a_bucket_convert_like_local_ones(
+    resnet18_state_dict, gcs, tmp_path
+):
+    from etils import epath
+    from safetensors.torch import save_file
+
+    torch.save(resnet18_state_dict, tmp_path / "r18.pth")
+    save_file(dict(resnet18_state_dict), str(tmp_path / "r18.safetensors"))
+    expected = from_torchvision(resnet18_state_dict, "resnet18")
+    for name in ("r18.pth", "r18.safetensors"):
+        remote = epath.Path(gcs, "weights", name)
+        remote.write_bytes((tmp_path / name).read_bytes())
+        got = from_torchvision(str(remote), "resnet18")
+        assert jax.tree.all(jax.tree.map(np.array_equal, got, expected))
+
+
 def test_training_checkpoint_wrappers_are_unwrapped(resnet18_state_dict, tmp_path):
     wrapped = {"epoch": 3, "state_dict": {f"module.{k}": v for k, v in resnet18_state_dict.items()}}
     torch.save(wrapped, tmp_path / "ckpt.pth")

@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import onnx
 import pytest
+from etils import epath
 from PIL import Image
 from recipes import load_config
 
@@ -175,6 +176,28 @@ def test_predict_takes_exported_files(exported, checkpoint, photo_folder, tmp_pa
             assert a["indices"] == b["indices"] and a["labels"] == b["labels"]
             np.testing.assert_allclose(a["probabilities"], b["probabilities"], atol=1e-5)
     assert "class_" in capsys.readouterr().out
+
+
+def test_predict_reads_exported_files_from_a_bucket(exported, photo_folder, gcs, tmp_path):
+    """The .onnx or .tflite file and export.json beside it, read through epath: the same
+    predictions as from the local folder."""
+    for name in ("model.onnx", "model_float32.tflite", "export.json"):
+        epath.Path(gcs, "exported", name).write_bytes((exported / name).read_bytes())
+    outputs = []
+    for ckpt in (
+        exported / "model.onnx",
+        *(f"{gcs}/exported/{n}" for n in ("model.onnx", "model_float32.tflite")),
+    ):
+        out = tmp_path / "p.json"
+        assert (
+            predict_main([str(photo_folder), "--checkpoint", str(ckpt), "--output", str(out)]) == 0
+        )
+        outputs.append(json.loads(out.read_text()))
+    assert len(outputs[0]) == 8
+    for a, b in zip(outputs[0], outputs[1], strict=True):
+        assert a == b
+    for a, b in zip(outputs[0], outputs[2], strict=True):
+        assert a["indices"] == b["indices"] and a["path"] == b["path"]
 
 
 def test_features_of_an_exported_file_are_refused_before_reading_images(

@@ -93,6 +93,18 @@ def test_a_missing_bucket_or_missing_credentials_is_one_clear_message(gcs, monke
     assert storage.remote_problem("/tmp/run", "--workdir") is None
 
 
+def test_an_object_in_the_way_of_a_gs_workdir_is_one_clear_message(gcs):
+    blocked = epath.Path(gcs, "blocked", "notes.txt")
+    blocked.write_text("mine")
+    fix = "pass --workdir=DIR naming a directory you can write to (new, or an earlier run's)."
+    under = f"is under {blocked}, a file"
+    for workdir, where in [(blocked, "is a file"), (blocked / "run", under)]:
+        with pytest.raises(ConfigError) as e:
+            check_workdir(str(workdir))
+        assert str(e.value) == f"workdir {workdir} {where}, not a directory: {fix}"
+    assert list(blocked.parent.iterdir()) == [blocked] and blocked.read_text() == "mine"
+
+
 def train(workdir: str, tmp: pathlib.Path, *flags: str) -> subprocess.Popen:
     """The quickstart through train.py (reporting saves and restores), output to a pipe."""
     env = {
@@ -280,3 +292,21 @@ def test_a_tfds_array_record_build_in_the_bucket_is_read_through_data_source(gcs
     assert batch["image"].shape == (4, 8, 8, 3)
     evaluated = list(grain_pipeline.create_eval_iterator(config, global_batch_size=3, **one))
     assert sum(b["mask"].sum() for b in evaluated) == 4
+
+
+def test_export_writes_a_gs_folder_checked_in_a_local_one_that_is_removed(
+    gcs, tmp_path, monkeypatch
+):
+    from resnet_jax.data.presets import Preset
+    from resnet_jax.export import export_predictor
+    from resnet_jax.inference import random_predictor
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    predictor = random_predictor("resnet20", Preset("tiny", resize=40, crop=32), num_classes=3)
+    out = export_predictor(predictor, f"{gcs}/exported/r20", ["stablehlo"])
+    assert str(out) == f"{gcs}/exported/r20"
+    assert sorted(f.name for f in out.iterdir()) == ["export.json", "model.stablehlo"]
+    meta = json.loads((out / "export.json").read_text())
+    assert meta["files"] == {"stablehlo": "model.stablehlo"} and meta["num_classes"] == 3
+    assert meta["checks"]["stablehlo"]["max_relative_difference"] <= 1e-5
+    assert os.listdir(tmp_path) == []

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import flax.linen as nn
 import numpy as np
+from etils import epath
 
 from resnet_jax.convert.common import Variables, convert, resolve_model
 from resnet_jax.convert.keras_layout import (
@@ -50,12 +51,13 @@ def model_arrays(keras_model: Any) -> dict[str, np.ndarray]:
 def _open_h5(path: str | os.PathLike) -> h5py.File:
     import h5py  # The `reference` extra's: loading any checkpoint imports this module.
 
-    if zipfile.is_zipfile(path):  # a .keras archive holds model.weights.h5
-        with zipfile.ZipFile(path) as archive:
+    data = io.BytesIO(epath.Path(path).read_bytes())
+    if zipfile.is_zipfile(data):  # a .keras archive holds model.weights.h5
+        with zipfile.ZipFile(data) as archive:
             if "model.weights.h5" not in archive.namelist():
                 raise ValueError(f"{path} is a zip archive without model.weights.h5.")
             return h5py.File(io.BytesIO(archive.read("model.weights.h5")), "r")
-    return h5py.File(path, "r")
+    return h5py.File(data, "r")
 
 
 def _text(value: Any) -> str:
@@ -116,7 +118,7 @@ def weights_h5_arrays(f: h5py.File, model: nn.Module) -> dict[str, np.ndarray]:
 
 def file_arrays(path: str | os.PathLike, model: nn.Module) -> dict[str, np.ndarray]:
     """Keras weights from any supported file layout, keyed 'layer/weight'."""
-    if not os.path.isfile(path):
+    if not epath.Path(path).is_file():
         raise FileNotFoundError(f"No such weights file: {path}")
     with _open_h5(path) as f:
         if "layers" in f and "vars" in f:

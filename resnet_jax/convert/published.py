@@ -12,8 +12,9 @@ import dataclasses
 import hashlib
 import os
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
+
+from etils import epath
 
 from resnet_jax.data.presets import PRESETS, Preset
 
@@ -36,7 +37,7 @@ def from_url(url: str, weights: str, key: Any) -> PublishedFile:
 
 
 def file_sha256(path: str | os.PathLike) -> str:
-    with open(path, "rb") as f:
+    with epath.Path(path).open("rb") as f:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
@@ -49,7 +50,7 @@ def recognise(
     named like a hashed published file whose sha256 differs is unknown, with a warning; a
     name the registry records no hash for is trusted.
     """
-    name = Path(path).name
+    name = epath.Path(path).name
     hashed = [p for p in published if p.sha256_prefix]
     digest = file_sha256(path) if hashed else ""
     for p in hashed:

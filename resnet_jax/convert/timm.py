@@ -9,8 +9,9 @@ shortcut (``downsample.1/.2``); the layout follows the model, so one function se
 from __future__ import annotations
 
 import math
-import os
 from typing import Any
+
+from etils import epath
 
 from resnet_jax.convert.published import PublishedFile, describe, file_note, from_url, recognise
 from resnet_jax.convert.reference import (
@@ -98,7 +99,7 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
         label, source = f"random (seed {seed})", model
         tag = f"{name}.{model.pretrained_cfg.get('tag')}"
         note = f"{describe(preset)}: the preprocessing of timm {tag} (timm's default)"
-    elif os.path.exists(weights):
+    elif epath.Path(weights).exists():
         source = load_torch_file(weights)
         known, warnings = recognise(weights, published_files(name))
         # A recognised file's tag brings its pretrained cfg, and so its preprocessing.

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import io
 import os
 import sys
 from collections.abc import Mapping
@@ -20,6 +21,7 @@ from types import ModuleType
 from typing import Any
 
 import numpy as np
+from etils import epath
 
 _SCHEMAS = {
     "nms": "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
@@ -79,17 +81,17 @@ def load_torch_file(path: str | os.PathLike) -> dict[str, Any]:
     A ``.pth`` is loaded with ``weights_only=True``: only tensors and plain containers are
     unpickled, and a pickle that would call anything else is refused.
     """
-    path = Path(path)
+    path = epath.Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"No such weights file: {path}")
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+        from safetensors.torch import load
 
-        return dict(load_file(str(path)))
+        return dict(load(path.read_bytes()))
     import torch
 
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
     except Exception as e:  # torch raises UnpicklingError (or RuntimeError in old versions)
         if "weights_only" in str(e) or "Unsupported global" in str(e):
             raise UnsafeCheckpointError(

@@ -15,6 +15,7 @@ from typing import Any
 
 import flax.linen as nn
 import numpy as np
+from etils import epath
 
 from resnet_jax.convert.common import Variables, convert, export, resolve_model
 from resnet_jax.convert.published import PublishedFile, describe, file_note, from_url, recognise
@@ -144,7 +145,7 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
         randomize_torch_batchnorm(model, seed, preset)
         label, source = f"random (seed {seed})", model
         note = f"{describe(preset)}: torchvision's IMAGENET1K_V1 preprocessing"
-    elif os.path.exists(weights):
+    elif epath.Path(weights).exists():
         files = published_files(name)
         source = load_torch_file(weights)
         known, warnings = recognise(weights, files)

@@ -155,7 +155,7 @@ def prepare_command(name: str, data_dir: str | os.PathLike, manual_dir: str | No
 
 
 def _manual_dir(config: Any, builder: Any) -> str:
-    return config.get("manual_dir") or os.path.join(builder.data_dir_root, "downloads", "manual")
+    return config.get("manual_dir") or f"{builder.data_dir_root}/downloads/manual"
 
 
 def _manual_files_message(config: Any, builder: Any, error: Exception) -> str:

@@ -7,23 +7,25 @@
     export.json            preprocessing preset, class names, input shape, checks
 
 Everything is checked first and written to a temporary folder beside the output, which is
-renamed into place at the end: a failure leaves nothing behind.
+renamed into place at the end: a failure leaves nothing behind. A gs:// output is written and
+checked in a local folder, then uploaded, export.json (which names the files) last.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
+import tempfile
 import uuid
 from collections.abc import Sequence
 from importlib.util import find_spec
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
+from etils.epath import Path
 
+from resnet_jax import storage
 from resnet_jax.convert.compare import relative_difference
 from resnet_jax.export import formats, runtime
 from resnet_jax.images import batches, list_images
@@ -156,7 +158,9 @@ def export_predictor(
 
     output.parent.mkdir(parents=True, exist_ok=True)
     tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    remote = storage.is_remote(output)
+    tmp = Path(tempfile.mkdtemp()) if remote else tmp
+    tmp.mkdir(exist_ok=True)
     try:
         checks = {}
         for name in names:
@@ -190,11 +194,14 @@ def export_predictor(
         }
         (tmp / runtime.METADATA).write_text(json.dumps(metadata, indent=1))
         if output.exists():
-            shutil.rmtree(output)
-        os.replace(tmp, output)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            output.rmtree()
+        if remote:
+            for f in sorted(tmp.iterdir(), key=lambda f: f.name == runtime.METADATA):
+                (output / f.name).write_bytes(f.read_bytes())
+        else:
+            tmp.replace(output)
+    finally:
+        tmp.rmtree(missing_ok=True)
     return output
 
 

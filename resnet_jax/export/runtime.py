@@ -11,10 +11,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from pathlib import Path
 from typing import Any
 
 import numpy as np
+from etils.epath import Path
 
 from resnet_jax.data.presets import Preset, get_preset
 from resnet_jax.inference import Predictor
@@ -33,7 +33,8 @@ class OnnxRunner:
         options.log_severity_level = 3
         # Idle worker threads sleep instead of spinning: on a shared CPU they would take cores.
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self._session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        model = Path(path).read_bytes()
+        self._session = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         self._input = self._session.get_inputs()[0].name
 
     def __call__(self, images: np.ndarray) -> np.ndarray:
@@ -51,7 +52,7 @@ class LiteRTRunner:
     def __init__(self, path: str | os.PathLike):
         from ai_edge_litert.interpreter import Interpreter
 
-        self._interpreter = Interpreter(model_path=str(path))
+        self._interpreter = Interpreter(model_content=Path(path).read_bytes())
         self._interpreter.allocate_tensors()
         self._input = self._interpreter.get_input_details()[0]
         self._output = self._interpreter.get_output_details()[0]

@@ -100,7 +100,7 @@ class MetricWriter:
         if storage.is_remote(workdir):
             self._rows = [json.dumps(r) + "\n" for r in rows]
         else:
-            self._jsonl = open(self._path, "a")
+            self._jsonl = self._path.open("a")
         if tensorboard:
             from tensorboardX import SummaryWriter  # Imported when used: it imports torch if found.
             from tensorboardX.record_writer import register_writer_factory

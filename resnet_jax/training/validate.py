@@ -8,7 +8,6 @@ the path; ``check_schedule`` runs once the dataset size (and so the number of st
 from __future__ import annotations
 
 import functools
-import os
 import tempfile
 
 import ml_collections
@@ -148,18 +147,18 @@ def _probe_write(directory: str) -> None:
 def check_workdir(workdir: storage.PathLike) -> None:
     """Raises ConfigError when ``workdir`` cannot hold the run's files (a file is in the way or
     it cannot be written), before anything is built. Creates nothing."""
-    if storage.is_remote(workdir):
-        problem = storage.remote_problem(workdir, "--workdir")
-        if problem:
-            raise ConfigError(problem)
-        return
+    problem = storage.remote_problem(workdir, "--workdir")
+    if problem:
+        raise ConfigError(problem)
     fix = "pass --workdir=DIR naming a directory you can write to (new, or an earlier run's)"
-    path = existing = os.path.abspath(workdir)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
+    path = existing = storage.path(workdir)
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
         where = "is a file" if existing == path else f"is under {existing}, a file"
         raise ConfigError(f"workdir {workdir} {where}, not a directory: {fix}.")
+    if storage.is_remote(workdir):
+        return
     try:
         _probe_write(existing)
     except OSError as e:
