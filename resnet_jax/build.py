@@ -12,13 +12,14 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import optax
 
 from resnet_jax import backend as backends
 from resnet_jax import parallel as par
 from resnet_jax import spec as run_spec
 from resnet_jax.data import presets
-from resnet_jax.models import ResNet, create_model
+from resnet_jax.models import ResNet, create_model, model_spec
 from resnet_jax.training import ema, erasing, finetune, mixup, optim
 from resnet_jax.training.steps import AugmentFn, LossFn
 
@@ -84,6 +85,14 @@ def model_from_config(config: Any, num_classes: int) -> ResNet:
     (no BN axes), for inference: the plain model, whatever backend trained it."""
     config = run_spec.complete(config)
     return build_model(config, num_classes, dtype="float32", backend=backends.Backend())
+
+
+def model_from_name(name: str, **arguments: Any) -> ResNet:
+    """A registered architecture with ResNet ``arguments`` (a weights card's) for weights,
+    conversion and inference: ``model_from_config``'s model, initialised as the registry's."""
+    classes = model_spec(name).kwargs.get("num_classes", ResNet.num_classes)
+    model = {"name": name, "zero_init_last_bn": False, "kwargs": arguments}
+    return model_from_config(ml_collections.ConfigDict({"model": model}), classes)
 
 
 def preset_from_config(config: Any) -> presets.Preset:

@@ -10,9 +10,9 @@ from typing import Any
 
 from etils import epath
 
+from resnet_jax.build import model_from_name
 from resnet_jax.data.classes import imagenet_class_names
 from resnet_jax.data.presets import Preset
-from resnet_jax.models import create_model
 
 CARD_FILE = "card.json"
 FORMAT, VERSION = "resnet_jax.weights", 1
@@ -24,7 +24,7 @@ _STEP = 0
 class Card:
     """What a set of weights is and how to feed it: ``card.json`` next to the variables."""
 
-    architecture: str  # Registry name: create_model(architecture, **arguments).
+    architecture: str  # Registry name: build.model_from_name(architecture, **arguments).
     arguments: dict[str, Any]
     preset: Preset
     classes: tuple[str, ...] | None
@@ -52,7 +52,7 @@ def converted_card(
     verification: dict[str, Any] | None = None,
 ) -> Card:
     """The card of converted weights; 1000 classes without names are ImageNet's."""
-    model = create_model(architecture, **(overrides or {}))  # Refuses unknown names early.
+    model = model_from_name(architecture, **(overrides or {}))  # Refuses unknown names early.
     if class_names is None and model.num_classes == 1000:
         class_names = imagenet_class_names()
     origin = {"framework": source, "weights": weights, "preset_note": preset_origin}

@@ -13,10 +13,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from resnet_jax.build import model_from_name
 from resnet_jax.data.classes import imagenet_class_names
 from resnet_jax.data.presets import Preset, get_preset
 from resnet_jax.images import batches, list_images
-from resnet_jax.models import create_model
 
 
 @dataclasses.dataclass(frozen=True)
@@ -135,7 +135,7 @@ def random_predictor(
     model_name: str, preset: Preset, batch_size: int = 32, seed: int = 0, **overrides
 ) -> Predictor:
     """Seeded random weights: for smoke tests and for numerics checks against a reference."""
-    model = create_model(model_name, **overrides)
+    model = model_from_name(model_name, **overrides)
     x = jnp.zeros((1, preset.crop, preset.crop, model.in_channels))
     variables = jax.jit(model.init)(jax.random.key(seed), x)
     names = imagenet_class_names() if model.num_classes == 1000 else None

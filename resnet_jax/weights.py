@@ -20,6 +20,7 @@ import ml_collections
 from etils import epath
 from flax import traverse_util
 
+from resnet_jax.build import model_from_name
 from resnet_jax.card import (  # noqa: F401  (CARD_FILE, kind: part of the loader's API)
     CARD_FILE,
     Card,
@@ -56,7 +57,7 @@ def load(path: str | os.PathLike) -> Loaded:
     if kind(path) == "workdir":
         return _load_workdir(path)
     card = read_card(path)
-    model = build_model(card)
+    model = model_from_name(card.architecture, **card.arguments)
     variables = restore_variables(path, _abstract(model))
     return Loaded(model, variables, card.preset, card.classes, card)
 
@@ -106,16 +107,6 @@ def save_converted(
     return save(directory, variables, converted_card(**card), overwrite)
 
 
-def build_model(card: Card) -> ResNet:
-    """The card's architecture in float32 on one device: the one place a loaded model is
-    built (through the training config's builder, which also turns JSON lists to tuples)."""
-    from resnet_jax.build import model_from_config
-
-    kwargs = {k: v for k, v in card.arguments.items() if k != "num_classes"}
-    config = ml_collections.ConfigDict({"model": {"name": card.architecture, "kwargs": kwargs}})
-    return model_from_config(config, card.arguments["num_classes"])
-
-
 def _load_workdir(workdir: str | os.PathLike) -> Loaded:
     """The latest checkpoint, with the model of the config stored with it (config.json may
     have been rewritten by a later run or a person); its parameter layout must match."""
@@ -147,7 +138,7 @@ def _load_workdir(workdir: str | os.PathLike) -> Loaded:
         tuple(names) if names else None,
         {"workdir": str(workdir), "step": meta.get("step"), "dataset": config.data.dataset},
     )
-    model = build_model(card)
+    model = model_from_name(card.architecture, **card.arguments)
     built = architecture_fingerprint(_abstract(model)["params"])
     held = architecture_fingerprint(params)
     if built != held:

@@ -1,5 +1,5 @@
-"""The repository's training recipes (configs/*.py), importable from any test, and the tiny
-synthetic run and workdir digest the fault and workdir tests share."""
+"""The repository's training recipes (configs/*.py), importable from any test, the tiny
+synthetic run and workdir digest the fault and workdir tests share, and random variables."""
 
 import hashlib
 import importlib
@@ -63,3 +63,23 @@ def tree_digest(root: pathlib.Path) -> dict[str, str]:
             path = os.path.join(dirpath, f)
             out[os.path.relpath(path, root)] = hashlib.sha256(open(path, "rb").read()).hexdigest()
     return out
+
+
+def random_variables(model, seed: int = 0) -> dict:
+    """Random Flax variables at a trained network's scale, made by NumPy (no init compile)."""
+    import numpy as np
+    from flax import traverse_util
+
+    from resnet_jax.convert.common import abstract_variables
+
+    rng = np.random.default_rng(seed)
+    flat = {}
+    for path, leaf in abstract_variables(model).items():
+        if path[-1] == "kernel":
+            value = rng.standard_normal(leaf.shape) * np.sqrt(1.0 / np.prod(leaf.shape[:-1]))
+        elif path[-1] in ("scale", "var"):
+            value = rng.uniform(0.5, 1.5, leaf.shape)
+        else:
+            value = 0.1 * rng.standard_normal(leaf.shape)
+        flat[path] = value.astype(np.float32)
+    return traverse_util.unflatten_dict(flat)

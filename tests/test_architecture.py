@@ -121,8 +121,6 @@ SHARED = {
     # The Grain pipeline yields the tf.data pipeline's batches; grain_pipeline picks one.
     "create_train_iterator": {"data.grain_pipeline", "data.pipeline"},
     "create_eval_iterator": {"data.grain_pipeline", "data.pipeline"},
-    # weights.build_model is being renamed; this entry goes with it.
-    "build_model": {"build", "weights"},
 }  # fmt: skip
 
 

@@ -6,11 +6,11 @@ import pickle
 import jax
 import numpy as np
 import pytest
+from recipes import random_variables
 
 pytest.importorskip("torch")
 
 import torch  # noqa: E402
-from flax import traverse_util  # noqa: E402
 
 from resnet_jax import create_model  # noqa: E402
 from resnet_jax.convert import (  # noqa: E402
@@ -21,27 +21,11 @@ from resnet_jax.convert import (  # noqa: E402
     load_torch_file,
     to_torchvision,
 )
-from resnet_jax.convert.common import abstract_variables  # noqa: E402
 from resnet_jax.convert.inputs import sample_photographs  # noqa: E402
 from resnet_jax.convert.numerics import build_reference, make_inputs, run_comparison  # noqa: E402
 
 TOL = 1e-4
 PHOTO = [p for p in sample_photographs() if p.name == "china.jpg"]
-
-
-def random_variables(name: str, seed: int = 0) -> dict:
-    """Random Flax variables at a trained network's scale, made by NumPy (no init compile)."""
-    rng = np.random.default_rng(seed)
-    flat = {}
-    for path, leaf in abstract_variables(create_model(name)).items():
-        if path[-1] == "kernel":
-            value = rng.standard_normal(leaf.shape) * np.sqrt(1.0 / np.prod(leaf.shape[:-1]))
-        elif path[-1] in ("scale", "var"):
-            value = rng.uniform(0.5, 1.5, leaf.shape)
-        else:
-            value = 0.1 * rng.standard_normal(leaf.shape)
-        flat[path] = value.astype(np.float32)
-    return traverse_util.unflatten_dict(flat)
 
 
 def tv_model(name: str, seed: int = 0):
@@ -133,7 +117,7 @@ def test_pth_whose_pickle_would_run_code_is_refused(tmp_path):
 
 def test_flax_to_torchvision_to_flax_round_trip_is_exact():
     for name in ("resnet50", "resnext50_32x4d"):
-        variables = random_variables(name, seed=1)
+        variables = random_variables(create_model(name), seed=1)
         back = from_torchvision(to_torchvision(variables, name), name)
         assert jax.tree.structure(back) == jax.tree.structure(variables)
         assert jax.tree.all(jax.tree.map(np.array_equal, back, variables))
@@ -142,7 +126,7 @@ def test_flax_to_torchvision_to_flax_round_trip_is_exact():
 def test_exported_state_dict_loads_strictly_into_torchvision_and_predicts_the_same():
     model = create_model("resnet18")
     x = np.random.default_rng(0).standard_normal((2, 64, 64, 3)).astype(np.float32)
-    variables = random_variables("resnet18", seed=2)
+    variables = random_variables(create_model("resnet18"), seed=2)
     net = tv_model("resnet18")
     result = net.load_state_dict(to_torchvision(variables, "resnet18"), strict=True)
     assert not result.missing_keys and not result.unexpected_keys

@@ -9,9 +9,10 @@ import jax
 import numpy as np
 import pytest
 from PIL import Image
-from recipes import tree_digest
+from recipes import random_variables, tree_digest
 
 import resnet_jax
+from resnet_jax.build import model_from_name
 from resnet_jax.data.presets import Preset, get_preset
 from resnet_jax.images import load_rgb, preprocess, transforms
 from resnet_jax.inference import Predictor, random_predictor
@@ -133,6 +134,54 @@ def test_thousand_classes_without_names_are_imagenets(tmp_path):
     )
     classes = resnet_jax.load(out).classes
     assert len(classes) == 1000 and classes[0] == "tench"
+
+
+def test_keras_resnet50_v2_round_trips_with_its_preset(tmp_path):
+    model = model_from_name("resnet50_v2")
+    variables = random_variables(model)
+    out = save_converted(
+        tmp_path / "w",
+        variables,
+        architecture="resnet50_v2",
+        source="keras",
+        weights="ResNet50V2 imagenet",
+        preset=get_preset("keras_tf"),
+        verification={"logits_max_abs": 3e-6},
+    )
+    loaded = resnet_jax.load(out)
+    assert loaded.model == model
+    assert jax.tree.all(jax.tree.map(np.array_equal, loaded.variables, variables))
+    x = np.random.default_rng(0).uniform(-1, 1, (2, 64, 64, 3)).astype(np.float32)
+    forward = jax.jit(lambda m, v: m.apply(v, x), static_argnums=0)  # One compile: m == model.
+    diff = np.abs(np.asarray(forward(loaded.model, loaded.variables) - forward(model, variables)))
+    assert diff.max() <= 1e-6
+    card = loaded.card
+    assert (card.architecture, card.arguments) == ("resnet50_v2", {"num_classes": 1000})
+    assert (model.variant, model.conv_bias, model.bn_epsilon) == ("v2", True, 1.001e-5)
+    assert loaded.preset == get_preset("keras_tf") and loaded.preset.mode == "tf"
+    assert len(loaded.classes) == 1000 and loaded.classes[0] == "tench"
+    assert card.origin["framework"] == "keras" and card.verification == {"logits_max_abs": 3e-6}
+
+
+def test_weights_directory_is_replaced_only_when_asked(tmp_path):
+    """Saving onto weights with a card.json refuses without overwrite and touches nothing; with
+    it the directory is replaced whole: nothing of the earlier one is left, other files too."""
+    first = resnet_jax.load(FIXTURES / "legacy_converted")
+    second = jax.tree.map(lambda v: v + 1, first.variables)
+    kwargs = dict(architecture="resnet18", source="torchvision", preset=first.preset)
+    kwargs["overrides"] = first.card.arguments
+    path = save_converted(tmp_path / "w", first.variables, weights="a", **kwargs)
+    (path / "notes.txt").write_text("about these weights")
+    before = tree_digest(path)
+    with pytest.raises(FileExistsError) as e:
+        save_converted(path, second, weights="b", **kwargs)
+    assert str(e.value) == f"{path} is not empty; choose a new directory or pass overwrite=True."
+    assert tree_digest(path) == before
+    save_converted(path, second, weights="b", overwrite=True, **kwargs)
+    assert sorted(p.name for p in path.iterdir()) == ["0", CARD_FILE]
+    loaded = resnet_jax.load(path)
+    assert loaded.card.origin["weights"] == "b"
+    assert jax.tree.all(jax.tree.map(np.array_equal, loaded.variables, second))
 
 
 def test_legacy_directory_is_replaced_only_when_asked(legacy, tmp_path):

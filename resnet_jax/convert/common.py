@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from resnet_jax.models import create_model
+from resnet_jax.build import model_from_name
 
 Path = tuple[str, ...]  # ('params', 'layer1_0', 'conv1', 'kernel')
 Variables = dict[str, Any]  # {'params': ..., 'batch_stats': ...}
@@ -94,7 +94,7 @@ class CheckpointMismatchError(ValueError):
 def resolve_model(model: str | nn.Module, **overrides: Any) -> tuple[str, nn.Module]:
     """A registry name (with overrides) or a ready ResNet module -> (label, module)."""
     if isinstance(model, str):
-        return model, create_model(model, **overrides)
+        return model, model_from_name(model, **overrides)
     if overrides:
         raise ValueError("Overrides apply to a model name; pass them to create_model instead.")
     return type(model).__name__, model

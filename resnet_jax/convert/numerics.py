@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
+from resnet_jax.build import model_from_name
 from resnet_jax.convert.compare import Comparison, compare, flax_activations
 from resnet_jax.convert.inputs import photo_inputs, random_inputs, sample_photographs
 from resnet_jax.convert.published import describe
 from resnet_jax.convert.reference import Reference
 from resnet_jax.data.presets import Preset
-from resnet_jax.models import create_model
 
 SOURCES = {
     "torchvision": "resnet_jax.convert.torchvision",
@@ -78,7 +78,7 @@ def make_inputs(
 def run_comparison(reference: Reference, inputs: Inputs, tolerance: float = 1e-4) -> Comparison:
     """Runs the reference and the converted Flax model on the same inputs; the table."""
     size = inputs.x.shape[1]
-    ours = flax_activations(create_model(reference.model_name), reference.variables, inputs.x)
+    ours = flax_activations(model_from_name(reference.model_name), reference.variables, inputs.x)
     theirs = reference.run(inputs.x)
     precision = "JAX matmul precision 'highest'"
     if reference.source in ("torchvision", "timm"):
