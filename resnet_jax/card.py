@@ -10,9 +10,9 @@ from typing import Any
 
 from etils import epath
 
-from resnet_jax.build import model_from_name
 from resnet_jax.data.classes import imagenet_class_names
 from resnet_jax.data.presets import Preset
+from resnet_jax.models import ResNet, model_spec
 
 CARD_FILE = "card.json"
 FORMAT, VERSION = "resnet_jax.weights", 1
@@ -52,12 +52,13 @@ def converted_card(
     verification: dict[str, Any] | None = None,
 ) -> Card:
     """The card of converted weights; 1000 classes without names are ImageNet's."""
-    model = model_from_name(architecture, **(overrides or {}))  # Refuses unknown names early.
-    if class_names is None and model.num_classes == 1000:
+    arguments = {**model_spec(architecture).kwargs, **(overrides or {})}  # Unknown: refused.
+    num_classes = arguments.get("num_classes", ResNet.num_classes)
+    if class_names is None and num_classes == 1000:
         class_names = imagenet_class_names()
     origin = {"framework": source, "weights": weights, "preset_note": preset_origin}
     classes = tuple(class_names) if class_names is not None else None
-    arguments = {**(overrides or {}), "num_classes": model.num_classes}
+    arguments = {**(overrides or {}), "num_classes": num_classes}
     return Card(architecture, arguments, preset, classes, origin, verification)
 
 
