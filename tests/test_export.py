@@ -359,9 +359,7 @@ def test_int8_keeps_digits_accuracy(digits_workdir, tmp_path):
     assert len(labels) == 359
     assert acc["f32"] >= 0.9, acc
     assert abs(acc["i8"] - acc["f32"]) <= 0.01, acc
-    ratio = (out / "model_int8.tflite").stat().length / (
-        out / "model_float32.tflite"
-    ).stat().length
+    ratio = (out / "model_int8.tflite").stat().length / (out / "model_float32.tflite").stat().length
     assert ratio <= 0.3, ratio
     print(
         f"digits held-out top-1: float32 {acc['f32']:.4f}, int8 {acc['i8']:.4f}; "

@@ -209,6 +209,29 @@ def test_train_py_names_a_missing_bucket_in_one_line(gcs, tmp_path):
     assert not [line for line in lines if "Traceback" in line]
 
 
+def test_train_py_reads_its_config_file_from_the_bucket(gcs, tmp_path):
+    """ml_collections loads local files only: a gs:// --config is copied to a local folder for it
+    (and removed); a missing one is one line."""
+    recipe = epath.Path(f"{gcs}/recipes/quickstart.py")
+    recipe.write_text((REPO / "configs" / "quickstart.py").read_text())
+    runs = {  # Read and loaded: the run starts and refuses the batch; a misspelt field's hint.
+        f"--config={recipe} --config.batch_size=0": "train.py: Invalid config:",
+        f"--config {recipe} --config.batch_sise=8": (
+            "train.py: --config.batch_sise: the config has no field 'batch_sise'; did you mean "
+            "--config.batch_size?"
+        ),
+        f"--config={gcs}/recipes/nope.py": f"train.py: config file {gcs}/recipes/nope.py does not "
+        "exist.",
+    }
+    for args, first_line in runs.items():
+        cmd = [sys.executable, "train.py", *args.split(), f"--workdir={tmp_path / 'work'}"]
+        env = {**os.environ, "TMPDIR": str(tmp_path)}
+        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120, env=env)
+        assert proc.returncode == 1 and proc.stderr.startswith(first_line), proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert sorted(p.name for p in tmp_path.iterdir()) == []  # No copy or workdir left.
+
+
 def test_two_processes_train_into_one_gs_workdir(gcs, tmp_path):
     from test_multihost import TOTAL as STEPS
     from test_multihost import launch, output, records

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import os
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -96,7 +97,14 @@ def run(recipes: str = "configs") -> None:
     prog = os.path.basename(sys.argv[0])
     prog = "python -m resnet_jax.training" if prog == "__main__.py" else prog
     parse = functools.partial(parse_flags, prog=prog, recipes=recipes)
-    app.run(functools.partial(main, prog=prog), flags_parser=parse)
+    from resnet_jax.training import command_line
+
+    with tempfile.TemporaryDirectory() as folder:  # A gs:// config file, copied for its loader.
+        try:
+            argv = command_line.fetch_remote_config(sys.argv, folder)
+        except FileNotFoundError as e:
+            sys.exit(f"{prog}: {e}")
+        app.run(functools.partial(main, prog=prog), argv=argv, flags_parser=parse)
 
 
 if __name__ == "__main__":

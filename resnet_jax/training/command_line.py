@@ -11,20 +11,47 @@ import re
 from collections.abc import Sequence
 
 import ml_collections
+from etils import epath
+
+from resnet_jax import storage
 
 _CONFIG = re.compile(r"^--?config(?:=(.*))?$")
 _OVERRIDE = re.compile(r"^--?(?:no)?config\.([^=]+)")
 
 
-def config_argument(argv: Sequence[str]) -> str | None:
-    """The value of ``--config`` (``--config=X`` or ``--config X``) in ``argv``, or None."""
+def _config_position(argv: Sequence[str]) -> tuple[int, str | None]:
+    """Where ``--config``'s value is in ``argv`` (``--config=X`` or ``--config X``), and it."""
     for i, arg in enumerate(argv[1:], 1):
         match = _CONFIG.match(arg)
         if match:
             if match.group(1) is not None:
-                return match.group(1)
-            return argv[i + 1] if i + 1 < len(argv) else None
-    return None
+                return i, match.group(1)
+            return i + 1, argv[i + 1] if i + 1 < len(argv) else None
+    return 0, None
+
+
+def config_argument(argv: Sequence[str]) -> str | None:
+    """The value of ``--config`` (``--config=X`` or ``--config X``) in ``argv``, or None."""
+    return _config_position(argv)[1]
+
+
+def fetch_remote_config(argv: Sequence[str], folder: str) -> list[str]:
+    """``argv`` with a gs:// ``--config`` file (``path[:arg]``) copied into the local ``folder``:
+    ml_collections loads config files with Python's source loader, from local paths only.
+    Raises FileNotFoundError naming the file, or the bucket's problem, in one line."""
+    argv = list(argv)
+    i, value = _config_position(argv)
+    remote = re.match(r"^([a-z][\w+.-]*://[^:]+)(:.*)?$", value or "")
+    if remote is None:
+        return argv
+    path, arg = epath.Path(remote.group(1)), remote.group(2) or ""
+    problem = storage.remote_problem(remote.group(1), "--config")
+    if problem or not path.is_file():
+        raise FileNotFoundError(problem or f"config file {remote.group(1)} does not exist.")
+    local = epath.Path(folder) / path.name
+    local.write_bytes(path.read_bytes())
+    argv[i] = ("--config=" if argv[i].startswith("-") else "") + f"{local}{arg}"
+    return argv
 
 
 def config_file_problem(spec: str, recipes: str) -> str | None:
