@@ -1,7 +1,9 @@
 """Folder datasets: class subfolders, robust to files TensorFlow cannot decode."""
 
 import io
+import json
 import os
+import pathlib
 
 import numpy as np
 import pytest
@@ -211,20 +213,61 @@ def test_the_kept_index_is_replaced_when_the_folder_changes(tmp_path, monkeypatc
     assert folder.cached_scan(root, cache_dir=workdir).files == second.files
 
 
-def test_the_kept_index_notices_an_image_added_below_a_class_subfolder(tmp_path, monkeypatch):
+def _counting_scans(monkeypatch) -> list:
+    scans = []
+    scan = folder.scan_folder
+    monkeypatch.setattr(folder, "scan_folder", lambda *a, **k: scans.append(1) or scan(*a, **k))
+    return scans
+
+
+@pytest.mark.parametrize("new_process", [True, False])
+def test_the_kept_index_notices_changes_below_a_class_subfolder(tmp_path, monkeypatch, new_process):
+    """Images added to ``<class>/<sub>/``, to a folder that held only folders or nothing, and a
+    removed subfolder each change only their own folder's time; each gives a rescan, in the same
+    process as in a new one, and nothing else does."""
     root, workdir = tmp_path / "imgs", tmp_path / "workdir"
     write_digits_folder(root, split="train", image_size=8, per_class=2)
-    (root / "3" / "sub").mkdir()
+    for sub in ("sub", "2023/feb", "empty", "gone"):
+        (root / "3" / sub).mkdir(parents=True)
     Image.new("RGB", (8, 8)).save(root / "3" / "sub" / "a.png")
+    Image.new("RGB", (8, 8)).save(root / "3" / "gone" / "g.png")
     os.utime(root / "3", (1e9, 1e9))
-    assert len(folder.cached_scan(root, cache_dir=workdir).files) == 21
-    monkeypatch.setattr(folder, "_scanned", {})
-    assert len(folder.cached_scan(root, cache_dir=workdir).files) == 21  # Read back, unchanged.
+    scans = _counting_scans(monkeypatch)
+
+    def count(changed: pathlib.Path | None = None, when: float = 0.0) -> int:
+        if changed is not None:
+            os.utime(changed, (when, when))
+        assert (root / "3").stat().st_mtime == 1e9  # The class folder's time never changes.
+        if new_process:
+            monkeypatch.setattr(folder, "_scanned", {})
+        return len(folder.cached_scan(root, cache_dir=workdir).files)
+
+    assert len(folder.cached_scan(root, cache_dir=workdir).files) == 22 and len(scans) == 1
+    assert count() == 22
+    assert len(scans) == 1  # Nothing changed: read back (or kept in the process).
     Image.new("RGB", (8, 8)).save(root / "3" / "sub" / "b.png")
-    os.utime(root / "3" / "sub", (2e9, 2e9))  # Only the nested folder's time changes.
-    assert (root / "3").stat().st_mtime == 1e9
+    assert count(root / "3" / "sub", 2e9) == 23 and len(scans) == 2
+    Image.new("RGB", (8, 8)).save(root / "3" / "2023" / "feb" / "c.png")
+    assert count(root / "3" / "2023" / "feb", 2e9) == 24 and len(scans) == 3
+    Image.new("RGB", (8, 8)).save(root / "3" / "empty" / "d.png")
+    assert count(root / "3" / "empty", 2e9) == 25 and len(scans) == 4
+    (root / "3" / "gone" / "g.png").unlink()
+    (root / "3" / "gone").rmdir()
+    assert count(root / "3", 1e9) == 24 and len(scans) == 5  # Rescanned, not a stat error.
+    files = folder.cached_scan(root, cache_dir=workdir).files
+    assert sum(f.endswith(("sub/b.png", "feb/c.png", "empty/d.png")) for f in files) == 3
+    assert len(scans) == 5
+
+
+def test_an_index_kept_before_nested_times_were_recorded_is_read_back(tmp_path, monkeypatch):
+    root, workdir = tmp_path / "imgs", tmp_path / "workdir"
+    write_digits_folder(root, split="train", image_size=8, per_class=2)
+    first = folder.cached_scan(root, cache_dir=workdir)
+    (kept,) = workdir.glob(f"{folder.INDEX_FILE_PREFIX}*")
+    record = json.loads(kept.read_text())
+    del record["nested"]  # As the previous version wrote it.
+    kept.write_text(json.dumps(record))
     monkeypatch.setattr(folder, "_scanned", {})
-    again = folder.cached_scan(root, cache_dir=workdir)
-    added = [i for i, f in enumerate(again.files) if f.endswith("3/sub/b.png")]
-    assert len(again.files) == 22 and len(added) == 1
-    assert again.labels[added[0]] == again.class_names.index("3")
+    scans = _counting_scans(monkeypatch)
+    assert folder.cached_scan(root, cache_dir=workdir).files == first.files and scans == []
+    assert json.loads(kept.read_text())["nested"] == []  # Completed in place.

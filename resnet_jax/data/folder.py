@@ -166,7 +166,7 @@ def holdout_split(index: FolderIndex, eval_fraction: float) -> tuple[FolderIndex
     return dataclasses.replace(train, skipped=index.skipped), index.subset(np.flatnonzero(is_eval))
 
 
-_scanned: dict[tuple, FolderIndex] = {}
+_scanned: dict[str, tuple[FolderIndex, list]] = {}  # Per process: the index, the nested times.
 INDEX_FILE_PREFIX = "folder-index-"
 
 
@@ -183,13 +183,21 @@ def _signature(root: epath.Path, check: str) -> list:
     return [where, check, [[d.name, storage.stat(d)[1]] for d in dirs]]
 
 
-def _nested(root: epath.Path, index: FolderIndex) -> list:
-    """The modification times of the folders below the class subfolders that hold indexed or
-    skipped files: an image added to ``<class>/<sub>/`` changes only its own folder's."""
+def _nested(root: epath.Path) -> list:
+    """[folder, modification time] of every folder below the class subfolders (an image added
+    to ``<class>/<sub>/`` changes only its own folder's); none for a bucket's prefixes."""
     if storage.is_remote(root):
         return []
-    parents = {f.rsplit("/", 1)[0] for f in (*index.files, *index.skipped)}
-    return [[d, storage.stat(d)[1]] for d in sorted(parents) if d.rsplit("/", 1)[0] != str(root)]
+    classes = sorted(str(d) for d in root.iterdir() if d.is_dir())
+    found = [f"{top}/{d}" for c in classes for top, dirs, _ in storage.walk(c) for d in dirs]
+    return [[d, storage.stat(d)[1]] for d in sorted(found)]
+
+
+def _unchanged(nested: list) -> bool:
+    try:
+        return all(storage.stat(d)[1] == mtime for d, mtime in nested)
+    except FileNotFoundError:
+        return False
 
 
 def cached_scan(
@@ -214,20 +222,22 @@ def cached_scan(
             stored = json.loads(file.read_text()) if file.exists() else {}
         except ValueError:
             stored = {}
-    index, nested = _scanned.get(key), None
+    index, nested = _scanned.get(key) or (None, None)
+    if index is not None and not _unchanged(nested):
+        index = None
     if index is None and stored.get("signature") == signature:
-        fields = ("files", "labels", "class_names")
-        index = FolderIndex(*(tuple(stored[f]) for f in fields), stored["skipped"])
-        if stored.get("nested") != (nested := _nested(root, index)):
-            index = nested = None
+        nested = stored["nested"] if "nested" in stored else _nested(root)  # Older indexes.
+        if _unchanged(nested):
+            fields = ("files", "labels", "class_names")
+            index = FolderIndex(*(tuple(stored[f]) for f in fields), stored["skipped"])
     if index is None:
+        nested = _nested(root)  # Before the scan: a change during it shows next time.
         index = scan_folder(root, check=check)
-    _scanned[key] = index
-    nested = _nested(root, index) if nested is None else nested
+    _scanned[key] = index, nested
     if (
         file is not None
         and write
-        and [stored.get("signature"), stored.get("nested")] != [signature, nested]
+        and [stored.get(k) for k in ("signature", "nested")] != [signature, nested]
     ):
         try:  # A cache: hosts may write it at once (each its own temp name), or fail to.
             record = {"signature": signature, "nested": nested, **dataclasses.asdict(index)}
