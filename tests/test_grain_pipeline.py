@@ -341,3 +341,18 @@ def test_workers_minus_one_starts_one_per_core_this_process_may_use(monkeypatch)
     assert grain_pipeline._workers(_config(workers=-1)) == 3
     assert grain_pipeline._workers(_config(workers=0)) == 0
     assert grain_pipeline._workers(_config(workers=2)) == 2
+
+
+def test_closing_an_iterator_stops_its_worker_processes(photos):
+    """The loop closes its train and eval iterators: no worker outlives the run."""
+    import multiprocessing
+
+    config = _folder(photos, workers=2, eval_folder=str(photos))
+    train = grain_pipeline.create_train_iterator(config, global_batch_size=4, seed=0, **ONE)
+    evaluation = grain_pipeline.create_eval_iterator(config, global_batch_size=4, **ONE)
+    assert next(train)["image"].shape == next(evaluation)["image"].shape == (4, 16, 16, 3)
+    assert len(multiprocessing.active_children()) >= 2
+    grain_pipeline.close(train)
+    grain_pipeline.close(evaluation)
+    grain_pipeline.close(iter([]))  # tf.data's and plain iterators: nothing to stop.
+    assert multiprocessing.active_children() == []

@@ -325,6 +325,9 @@ class TrainIterator(Iterator[dict[str, np.ndarray]]):
     def get_state(self) -> dict[str, Any]:
         return self.state_after(self.start_step + self.yielded)
 
+    def close(self) -> None:
+        self._it.close()
+
     def state_after(self, step: int) -> dict[str, Any]:
         """The state once training step ``step`` is done (the loop's iterator runs ahead of
         training by its prefetch): JSON for the checkpoint's metadata.
@@ -484,6 +487,12 @@ def eval_iterator(
     if not uses_grain(config):
         return pipeline.create_eval_iterator(config, global_batch_size=global_batch_size)
     return create_eval_iterator(config, global_batch_size=global_batch_size, cache_dir=cache_dir)
+
+
+def close(iterator: Iterator[Any] | None) -> None:
+    """Stops a Grain iterator's worker processes and frees their shared memory before the
+    interpreter exits (else Python warns of leaked shared_memory); tf.data's need nothing."""
+    getattr(iterator, "close", lambda: None)()
 
 
 def state_after(iterator: Iterator[Any], step: int) -> dict[str, Any] | None:

@@ -60,11 +60,14 @@ def eval_sums(
     batches = grain_pipeline.eval_iterator(
         config.data, global_batch_size=config.eval_batch_size, cache_dir=cache_dir
     )
-    return sum_batches(
-        step_fn,
-        state,
-        batches,
-        parallel,
-        local_batch_size=spec.local_eval_batch,
-        max_steps=config.num_eval_steps,
-    )
+    try:
+        return sum_batches(
+            step_fn,
+            state,
+            batches,
+            parallel,
+            local_batch_size=spec.local_eval_batch,
+            max_steps=config.num_eval_steps,
+        )
+    finally:
+        grain_pipeline.close(batches)

@@ -70,6 +70,9 @@ def train_and_evaluate(
             result = _train(run, watcher)
             result["confusion"] = confusion.write_final(run, result)
         finally:
+            from resnet_jax.data import grain_pipeline
+
+            grain_pipeline.close(run.train_iter)
             run.profiler.stop()
             run.progress.close()
             if run.ckpt is not None:
