@@ -83,6 +83,24 @@ def test_cli_prints_one_line_for_a_missing_config_file_and_a_misspelt_override(
         assert not workdir.exists()
 
 
+def test_the_console_script_runs_outside_the_repository(tmp_path):
+    """From any folder: the --config file's recipes folder is found (its configs.default
+    imports), and a missing file is one line."""
+    runs = {
+        f"--config={REPO / 'configs' / 'quickstart.py'} --config.batch_size=0": (
+            "resnet-jax-train: Invalid config:\n  - batch_size=0 is not divisible"
+        ),
+        "--config=configs/nope.py": (
+            "resnet-jax-train: config file configs/nope.py does not exist.\n"
+        ),
+    }
+    for args, first_words in runs.items():
+        cmd = [shutil.which("resnet-jax-train"), *args.split(), f"--workdir={tmp_path / 'work'}"]
+        proc = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 1 and proc.stderr.startswith(first_words), proc.stderr
+        assert "Traceback" not in proc.stderr and not (tmp_path / "work").exists()
+
+
 @pytest.mark.parametrize("where", ["file", "under_file"])
 def test_a_workdir_blocked_by_a_file_fails_before_compile(no_compile, tmp_path, where):
     (tmp_path / "notes.txt").write_text("mine")

@@ -43,7 +43,7 @@ def parse_flags(argv: list[str], *, prog: str, recipes: str) -> list[str]:
 
     spec = command_line.config_argument(argv)
     recipes = os.path.relpath(recipes) if os.getcwd() == os.path.dirname(recipes) else recipes
-    problem = spec and os.path.isdir(recipes) and command_line.config_file_problem(spec, recipes)
+    problem = spec is not None and command_line.config_file_problem(spec, recipes)
     if problem:
         sys.exit(f"{prog}: {problem}")
     try:
@@ -90,15 +90,18 @@ def main(argv: list[str], *, prog: str) -> None:
 
 
 def run(recipes: str = "configs") -> None:
-    """The command line; ``recipes`` is the folder of config files, whose parent is made
-    importable (the recipes import ``configs.default``)."""
+    """The command line; ``recipes`` is the folder of config files (else the ``--config`` file's
+    own), whose parent is made importable (the recipes import ``configs.default``)."""
+    from resnet_jax.training import command_line
+
+    given = command_line.config_argument(sys.argv) or ""
+    if not os.path.isdir(recipes) and "://" not in given:
+        recipes = os.path.dirname(os.path.abspath(given.split(":", 1)[0])) if given else recipes
     recipes = os.path.abspath(recipes)
     sys.path.insert(0, os.path.dirname(recipes))
     prog = os.path.basename(sys.argv[0])
     prog = "python -m resnet_jax.training" if prog == "__main__.py" else prog
     parse = functools.partial(parse_flags, prog=prog, recipes=recipes)
-    from resnet_jax.training import command_line
-
     with tempfile.TemporaryDirectory() as folder:  # A gs:// config file, copied for its loader.
         try:
             argv = command_line.fetch_remote_config(sys.argv, folder)

@@ -55,11 +55,14 @@ def fetch_remote_config(argv: Sequence[str], folder: str) -> list[str]:
 
 
 def config_file_problem(spec: str, recipes: str) -> str | None:
-    """Why ``spec`` (``path[:arg]``) names no config file, listing the recipes in ``recipes``."""
+    """Why ``spec`` (``path[:arg]``) names no config file, listing the recipes in ``recipes``
+    (when that folder exists)."""
     path = spec.split(":", 1)[0]
     if os.path.isfile(path):
         return None
     what = "is a directory, not a config file" if os.path.isdir(path) else "does not exist"
+    if not os.path.isdir(recipes):
+        return f"config file {path} {what}."
     names = sorted(n for n in os.listdir(recipes) if n.endswith(".py") and not n.startswith("_"))
     return (
         f"config file {path} {what}. The recipes are in {recipes}/: {', '.join(names)} "
