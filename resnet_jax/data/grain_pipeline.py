@@ -38,10 +38,11 @@ from resnet_jax.data import augment, digits, pipeline, presets, shards
 _PERMUTATION_TAG = 1  # Keeps the epoch permutations' seeds apart from the examples' seeds.
 _ENDLESS_EPOCHS = 1 << 20  # Stream length in epochs: endless for any run.
 TFDS_FORMAT_HINT = (
-    "The Grain pipeline reads TFDS datasets stored as ArrayRecord: prepare with "
-    "`resnet-jax-prepare {name} --data_dir={data_dir}` (ArrayRecord by default), or add "
-    "ArrayRecord files next to an existing TFRecord build with `tfds convert_format "
-    "--dataset_version_dir={data_dir}/{name}/<version> --out_file_format=array_record`"
+    "The Grain pipeline reads TFDS datasets stored as ArrayRecord: add ArrayRecord files next to "
+    "the TFRecord build with `tfds convert_format --dataset_version_dir={data_dir}/{name}/"
+    "<version> --out_file_format=array_record`, or prepare it anew in another folder with "
+    "`resnet-jax-prepare {name} --data_dir=NEW_DIR` (ArrayRecord by default) and pass "
+    "--config.data.data_dir=NEW_DIR"
 )
 
 
