@@ -12,7 +12,8 @@ from etils import epath
 
 from resnet_jax.data.classes import imagenet_class_names
 from resnet_jax.data.presets import Preset
-from resnet_jax.models import ResNet, model_spec
+from resnet_jax.models import ResNet
+from resnet_jax.models.registry import model_arguments
 
 CARD_FILE = "card.json"
 FORMAT, VERSION = "resnet_jax.weights", 1
@@ -52,7 +53,7 @@ def converted_card(
     verification: dict[str, Any] | None = None,
 ) -> Card:
     """The card of converted weights; 1000 classes without names are ImageNet's."""
-    arguments = {**model_spec(architecture).kwargs, **(overrides or {})}  # Unknown: refused.
+    arguments = model_arguments(architecture, overrides or {})  # Unknown names: refused.
     num_classes = arguments.get("num_classes", ResNet.num_classes)
     if class_names is None and num_classes == 1000:
         class_names = imagenet_class_names()

@@ -12,6 +12,7 @@ from PIL import Image
 from recipes import random_variables, tree_digest
 
 import resnet_jax
+from resnet_jax import card
 from resnet_jax.build import model_from_name
 from resnet_jax.data.presets import Preset, get_preset
 from resnet_jax.images import load_rgb, preprocess, transforms
@@ -263,3 +264,13 @@ def test_weights_saved_on_another_device_load_here(tmp_path):
         leaves = jax.tree.leaves(tree)
         assert len(leaves) > 0 and {x.devices().pop() for x in leaves} == {jax.devices()[0]}
     assert jax.tree.all(jax.tree.map(np.array_equal, variables, raw))
+
+
+def test_a_converted_card_refuses_an_option_resnet_does_not_have():
+    preset = get_preset("torchvision_v1")
+    with pytest.raises(ValueError, match=r"Unknown option\(s\) \['bogus'\] for 'resnet18'"):
+        card.converted_card("resnet18", "torchvision", "x", preset, overrides={"bogus": 1})
+    ten = card.converted_card("resnet18", "torchvision", "x", preset, overrides={"num_classes": 10})
+    assert ten.arguments == {"num_classes": 10} and ten.classes is None
+    default = card.converted_card("resnet18", "torchvision", "x", preset)
+    assert default.arguments == {"num_classes": 1000} and default.classes[0] == "tench"

@@ -161,7 +161,7 @@ def _manual_dir(config: Any, builder: Any) -> str:
 def _manual_files_message(config: Any, builder: Any, error: Exception) -> str:
     manual_dir = _manual_dir(config, builder)
     data_dir = str(builder.data_dir_root)
-    command = prepare_command(builder.name, data_dir, manual_dir)
+    command = prepare_command(config.dataset, data_dir, manual_dir)  # With its variant.
     if builder.name == "imagenet2012":
         return (
             "ImageNet (imagenet2012) cannot be downloaded automatically. Download "
@@ -171,7 +171,7 @@ def _manual_files_message(config: Any, builder: Any, error: Exception) -> str:
             f"once with:\n  {command}\n(TFDS said: {error})"
         )
     return (
-        f"Dataset {builder.name!r} needs files downloaded by hand into {manual_dir}; then run:\n"
+        f"Dataset {config.dataset!r} needs files downloaded by hand into {manual_dir}; then run:\n"
         f"  {command}\n(TFDS said: {error})"
     )
 

@@ -114,8 +114,9 @@ def model_spec(name: str) -> ModelSpec:
         ) from None
 
 
-def create_model(name: str, **overrides: Any) -> ResNet:
-    """Builds a registered architecture; keyword overrides replace any ResNet attribute."""
+def model_arguments(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """A registered architecture's ResNet attributes with ``overrides`` (each one a ResNet
+    attribute, else ValueError), without building it."""
     spec = model_spec(name)
     fields = {f.name for f in dataclasses.fields(ResNet)} - {"parent", "name"}
     unknown = sorted(set(overrides) - fields)
@@ -124,6 +125,11 @@ def create_model(name: str, **overrides: Any) -> ResNet:
             f"Unknown option(s) {unknown} for {name!r}; "
             f"ResNet accepts: {', '.join(sorted(fields))}."
         )
-    model = ResNet(**{**spec.kwargs, **overrides})
+    return {**spec.kwargs, **overrides}
+
+
+def create_model(name: str, **overrides: Any) -> ResNet:
+    """Builds a registered architecture; keyword overrides replace any ResNet attribute."""
+    model = ResNet(**model_arguments(name, overrides))
     model.validate()
     return model
