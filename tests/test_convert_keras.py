@@ -10,6 +10,7 @@ import h5py  # noqa: E402
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+from etils import epath  # noqa: E402
 
 pytest.importorskip("keras")
 
@@ -61,6 +62,18 @@ def test_weights_h5_file_matches_block_by_block(reference, weights_file):
     from_file = build_reference("keras", reference.model_name, weights=str(weights_file))
     assert same(from_file.variables, reference.variables)
     assert_matches(from_file, 224)
+
+
+def test_weights_file_in_a_bucket_loads_as_the_local_one(reference, weights_file, gcs):
+    """Keras loads local files only: a gs:// file is copied to a local one for it."""
+    if reference.model_name != "resnet50_v1":
+        pytest.skip("One architecture shows the copy.")
+    remote = f"{gcs}/keras/{weights_file.name}"
+    epath.Path(remote).write_bytes(weights_file.read_bytes())
+    from_bucket = build_reference("keras", reference.model_name, weights=remote)
+    assert from_bucket.weights == remote and same(from_bucket.variables, reference.variables)
+    keras_weights = zip(from_bucket.model.get_weights(), reference.model.get_weights(), strict=True)
+    assert all(np.array_equal(a, b) for a, b in keras_weights)
 
 
 def test_layer_order_is_the_functional_models_order(reference):

@@ -317,19 +317,119 @@ def test_a_tfds_array_record_build_in_the_bucket_is_read_through_data_source(gcs
     assert sum(b["mask"].sum() for b in evaluated) == 4
 
 
-def test_export_writes_a_gs_folder_checked_in_a_local_one_that_is_removed(
-    gcs, tmp_path, monkeypatch
-):
+@pytest.fixture(scope="module")
+def r20():
     from resnet_jax.data.presets import Preset
-    from resnet_jax.export import export_predictor
     from resnet_jax.inference import random_predictor
 
+    return random_predictor("resnet20", Preset("tiny", resize=40, crop=32), num_classes=3)
+
+
+def bucket_changes(monkeypatch, fail_at: int | None = None) -> list[tuple[str, str]]:
+    """The gs:// writes and deletions from now on, in order, as (method, file name); write number
+    ``fail_at`` (from 0) raises OSError instead."""
+    from etils.epath.gpath import _GPath
+
+    log = []
+
+    def spy(method, real):
+        def call(self, *args, **kwargs):
+            if str(self).startswith("gs://"):
+                writes = sum(m == "write_bytes" for m, _ in log)
+                log.append((method, self.name))
+                if method == "write_bytes" and writes == fail_at:
+                    raise OSError("connection reset")
+            return real(self, *args, **kwargs)
+
+        return call
+
+    for method in ("write_bytes", "unlink", "rmtree"):
+        monkeypatch.setattr(_GPath, method, spy(method, getattr(_GPath, method)))
+    return log
+
+
+def test_export_writes_a_gs_folder_checked_in_a_local_one_that_is_removed(
+    gcs, r20, tmp_path, monkeypatch
+):
+    from resnet_jax.export import export_predictor
+
     monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
-    predictor = random_predictor("resnet20", Preset("tiny", resize=40, crop=32), num_classes=3)
-    out = export_predictor(predictor, f"{gcs}/exported/r20", ["stablehlo"])
+    out = export_predictor(r20, f"{gcs}/exported/r20", ["stablehlo"])
     assert str(out) == f"{gcs}/exported/r20"
     assert sorted(f.name for f in out.iterdir()) == ["export.json", "model.stablehlo"]
     meta = json.loads((out / "export.json").read_text())
     assert meta["files"] == {"stablehlo": "model.stablehlo"} and meta["num_classes"] == 3
     assert meta["checks"]["stablehlo"]["max_relative_difference"] <= 1e-5
     assert os.listdir(tmp_path) == []
+
+
+def test_a_failed_gs_export_deletes_what_it_uploaded_and_a_retry_works(
+    gcs, r20, tmp_path, monkeypatch
+):
+    from resnet_jax.export import ExportError, export_predictor
+
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    out = f"{gcs}/exported/failed"
+    with monkeypatch.context() as m:
+        changes = bucket_changes(m, fail_at=1)  # model.stablehlo is uploaded, export.json fails.
+        with pytest.raises(ExportError) as e:
+            export_predictor(r20, out, ["stablehlo"])
+    assert str(e.value) == (
+        f"Uploading the export to {out} failed (connection reset); what it uploaded is deleted: "
+        "run the export again."
+    )
+    assert changes == [
+        ("write_bytes", "model.stablehlo"),
+        ("write_bytes", "export.json"),
+        ("unlink", "model.stablehlo"),
+        ("unlink", "export.json"),
+    ]
+    assert not epath.Path(out).exists() and os.listdir(tmp_path) == []
+    export_predictor(r20, out, ["stablehlo"])  # No --overwrite needed.
+    assert sorted(f.name for f in epath.Path(out).iterdir()) == ["export.json", "model.stablehlo"]
+
+
+def previous_export(folder: str) -> dict[str, bytes]:
+    """A previous export's objects (stablehlo and onnx) in ``folder``, as {name: bytes}."""
+    files = {"export.json": b'{"files": "old"}', "model.onnx": b"old", "model.stablehlo": b"old"}
+    for name, data in files.items():
+        epath.Path(folder, name).write_bytes(data)
+    return files
+
+
+def test_a_failed_gs_overwrite_keeps_the_old_files_and_leaves_no_export_json(gcs, r20, monkeypatch):
+    from resnet_jax.export import ExportError, export_predictor
+
+    out = f"{gcs}/exported/half"
+    old = previous_export(out)
+    changes = bucket_changes(monkeypatch, fail_at=0)
+    with pytest.raises(ExportError) as e:
+        export_predictor(r20, out, ["stablehlo"], overwrite=True)
+    assert str(e.value) == (
+        f"Uploading the export to {out} failed (connection reset); the folder is incomplete (it "
+        "has no export.json): run the export again with --overwrite."
+    )
+    assert changes == [("unlink", "export.json"), ("write_bytes", "model.stablehlo")]
+    left = {f.name: f.read_bytes() for f in epath.Path(out).iterdir()}
+    assert left == {n: b for n, b in old.items() if n != "export.json"}
+
+
+def test_a_gs_overwrite_deletes_old_files_after_the_upload_and_writes_export_json_last(
+    gcs, r20, monkeypatch
+):
+    from resnet_jax.export import export_predictor
+
+    out = f"{gcs}/exported/replaced"
+    previous_export(out)
+    changes = bucket_changes(monkeypatch)
+    export_predictor(r20, out, ["stablehlo"], overwrite=True)
+    assert changes == [
+        ("unlink", "export.json"),
+        ("write_bytes", "model.stablehlo"),
+        ("unlink", "model.onnx"),
+        ("write_bytes", "export.json"),
+    ]
+    assert sorted(f.name for f in epath.Path(out).iterdir()) == ["export.json", "model.stablehlo"]
+    meta = json.loads(epath.Path(out, "export.json").read_text())
+    assert meta["files"] == {"stablehlo": "model.stablehlo"}
+    assert epath.Path(out, "model.stablehlo").read_bytes() != b"old"

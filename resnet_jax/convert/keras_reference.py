@@ -9,12 +9,15 @@ weights; block outputs come from a sub-model on ``pool1_pool``, ``conv{s}_block{
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 
+from resnet_jax import storage
 from resnet_jax.convert.keras import from_keras
 from resnet_jax.convert.keras_layout import keras_app_name
 from resnet_jax.convert.published import describe
@@ -155,7 +158,7 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     seeded random init with randomised BN statistics; our side converts the file itself."""
     ours, app = keras_app_name(name)
     preset = get_preset("keras_tf" if app.endswith("V2") else "keras_caffe")
-    if weights is None or os.path.exists(weights):
+    if weights is None or storage.is_remote(weights) or os.path.exists(weights):
         model = build_keras_model(app, None)
         if weights is None:
             randomize_keras_weights(model, seed, preset)
@@ -174,7 +177,12 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     else:
         raise ValueError(f"Keras weights are a file or 'imagenet', not {weights!r}.")
     variables = from_keras(source, ours)  # checks every key before Keras loads by order
-    if source is weights and weights is not None:
+    if source is weights and storage.is_remote(weights):  # Keras loads local files only.
+        with tempfile.TemporaryDirectory() as folder:
+            local = epath.Path(folder, epath.Path(weights).name)  # Its suffix names the format.
+            local.write_bytes(epath.Path(weights).read_bytes())
+            model.load_weights(str(local))
+    elif source is weights and weights is not None:
         model.load_weights(weights)
     note = f"{describe(preset)}: the preprocessing of Keras Applications' {app}"
     runner = keras_runner(model, app)

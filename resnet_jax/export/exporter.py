@@ -7,8 +7,11 @@
     export.json            preprocessing preset, class names, input shape, checks
 
 Everything is checked first and written to a temporary folder beside the output, which is
-renamed into place at the end: a failure leaves nothing behind. A gs:// output is written and
-checked in a local folder, then uploaded, export.json (which names the files) last.
+renamed into place at the end: a failure leaves nothing behind. A gs:// output (no renames there)
+is written and checked in a local folder, then uploaded file by file, export.json (which names
+the files) last: a failed upload into a new folder deletes what it uploaded, so a retry works.
+With overwrite, the old export.json is deleted first, old files the new export lacks only after
+the upload: a failure leaves the folder without export.json, recognisably incomplete.
 """
 
 from __future__ import annotations
@@ -16,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-import uuid
 from collections.abc import Sequence
 from importlib.util import find_spec
 from typing import Any
@@ -48,7 +50,7 @@ CHECK_IMAGES = 8
 
 
 class ExportError(ValueError):
-    """Bad input to export: says what was wrong and what to do; nothing was written."""
+    """Bad input, or a failed upload: says what was wrong, what was left and what to do."""
 
 
 def check_formats(names: Sequence[str], calibration: str | os.PathLike | None) -> tuple[str, ...]:
@@ -131,6 +133,35 @@ def _check(path: Path, name: str, images: np.ndarray, reference: np.ndarray) -> 
     }
 
 
+def _upload(tmp: Path, output: Path, overwrite: bool) -> None:
+    """The checked files of ``tmp`` into the gs:// folder ``output``, as the module says."""
+    names = [*sorted(f.name for f in tmp.iterdir() if f.name != runtime.METADATA), runtime.METADATA]
+    stale = [f for f in output.iterdir() if f.name not in names] if output.exists() else []
+    if overwrite:  # Before any new file: the folder no longer claims to hold a complete export.
+        (output / runtime.METADATA).unlink(missing_ok=True)
+    sent = []
+    try:
+        for name in names:
+            if name == runtime.METADATA:
+                for f in stale:
+                    f.rmtree() if f.is_dir() else f.unlink()
+            sent.append(output / name)
+            sent[-1].write_bytes((tmp / name).read_bytes())
+    except Exception as e:
+        if overwrite:
+            raise ExportError(
+                f"Uploading the export to {output} failed ({e}); the folder is incomplete (it has "
+                "no export.json): run the export again with --overwrite."
+            ) from e
+        left = "what it uploaded is deleted: run the export again."
+        try:
+            for f in sent:
+                f.unlink(missing_ok=True)
+        except Exception:
+            left = f"deleting what it uploaded failed too: delete {output}, then export again."
+        raise ExportError(f"Uploading the export to {output} failed ({e}); {left}") from e
+
+
 def export_predictor(
     predictor: Predictor,
     output: str | os.PathLike,
@@ -157,10 +188,8 @@ def export_predictor(
     reference = np.asarray(jax.jit(fn)(check))
 
     output.parent.mkdir(parents=True, exist_ok=True)
-    tmp = output.parent / f".{output.name}.tmp-{uuid.uuid4().hex[:8]}"
     remote = storage.is_remote(output)
-    tmp = Path(tempfile.mkdtemp()) if remote else tmp
-    tmp.mkdir(exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{output.name}.", dir=None if remote else output.parent))
     try:
         checks = {}
         for name in names:
@@ -193,12 +222,11 @@ def export_predictor(
             "jax_version": jax.__version__,
         }
         (tmp / runtime.METADATA).write_text(json.dumps(metadata, indent=1))
-        if output.exists():
-            output.rmtree()
         if remote:
-            for f in sorted(tmp.iterdir(), key=lambda f: f.name == runtime.METADATA):
-                (output / f.name).write_bytes(f.read_bytes())
+            _upload(tmp, output, overwrite)
         else:
+            if output.exists():
+                output.rmtree()
             tmp.replace(output)
     finally:
         tmp.rmtree(missing_ok=True)
