@@ -87,6 +87,15 @@ def remote_problem(p: PathLike, flag: str) -> str | None:
     return None
 
 
+def copy_into(p: PathLike, folder: PathLike) -> epath.Path:
+    """A copy of file ``p`` (e.g. in a bucket) in ``folder`` under its own name, for libraries
+    that open local files only (the suffix often names the format)."""
+    source = epath.Path(p)
+    local = epath.Path(folder) / source.name
+    local.write_bytes(source.read_bytes())
+    return local
+
+
 def write_atomically(p: PathLike, data: str | bytes) -> None:
     """Replaces the file ``p`` whole, never half-way: locally a temporary file beside it (one per
     process) moved into place; on gs:// one upload, which replaces the object in one piece."""

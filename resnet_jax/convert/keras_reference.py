@@ -15,7 +15,6 @@ from typing import Any
 
 import jax
 import numpy as np
-from etils import epath
 
 from resnet_jax import storage
 from resnet_jax.convert.keras import from_keras
@@ -179,9 +178,7 @@ def build_reference(name: str, weights: str | None = None, seed: int = 0) -> Ref
     variables = from_keras(source, ours)  # checks every key before Keras loads by order
     if source is weights and storage.is_remote(weights):  # Keras loads local files only.
         with tempfile.TemporaryDirectory() as folder:
-            local = epath.Path(folder, epath.Path(weights).name)  # Its suffix names the format.
-            local.write_bytes(epath.Path(weights).read_bytes())
-            model.load_weights(str(local))
+            model.load_weights(str(storage.copy_into(weights, folder)))
     elif source is weights and weights is not None:
         model.load_weights(weights)
     note = f"{describe(preset)}: the preprocessing of Keras Applications' {app}"

@@ -48,8 +48,7 @@ def fetch_remote_config(argv: Sequence[str], folder: str) -> list[str]:
     problem = storage.remote_problem(remote.group(1), "--config")
     if problem or not path.is_file():
         raise FileNotFoundError(problem or f"config file {remote.group(1)} does not exist.")
-    local = epath.Path(folder) / path.name
-    local.write_bytes(path.read_bytes())
+    local = storage.copy_into(path, folder)
     argv[i] = ("--config=" if argv[i].startswith("-") else "") + f"{local}{arg}"
     return argv
 
