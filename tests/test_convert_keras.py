@@ -66,8 +66,6 @@ def test_weights_h5_file_matches_block_by_block(reference, weights_file):
 
 def test_weights_file_in_a_bucket_loads_as_the_local_one(reference, weights_file, gcs):
     """Keras loads local files only: a gs:// file is copied to a local one for it."""
-    if reference.model_name != "resnet50_v1":
-        pytest.skip("One architecture shows the copy.")
     remote = f"{gcs}/keras/{weights_file.name}"
     epath.Path(remote).write_bytes(weights_file.read_bytes())
     from_bucket = build_reference("keras", reference.model_name, weights=remote)
