@@ -92,11 +92,12 @@ def main(argv: list[str], *, prog: str) -> None:
 def run(recipes: str = "configs") -> None:
     """The command line; ``recipes`` is the folder of config files (else the ``--config`` file's
     own), whose parent is made importable (the recipes import ``configs.default``)."""
+    from resnet_jax import storage
     from resnet_jax.training import command_line
 
-    given = command_line.config_argument(sys.argv) or ""
-    if not os.path.isdir(recipes) and "://" not in given:
-        recipes = os.path.dirname(os.path.abspath(given.split(":", 1)[0])) if given else recipes
+    given = command_line.config_argument(sys.argv)
+    if given and not os.path.isdir(recipes) and not storage.is_remote(given):
+        recipes = os.path.dirname(os.path.abspath(given.split(":", 1)[0]))
     recipes = os.path.abspath(recipes)
     sys.path.insert(0, os.path.dirname(recipes))
     prog = os.path.basename(sys.argv[0])

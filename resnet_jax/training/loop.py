@@ -24,6 +24,7 @@ from resnet_jax import parallel as par
 from resnet_jax import spec as run_spec
 from resnet_jax import storage
 from resnet_jax.checkpoint import Checkpointer, architecture_fingerprint
+from resnet_jax.data import grain_pipeline
 from resnet_jax.training import compile_cache, confusion, faults, finetune, steps, validate
 from resnet_jax.training import workdir as workdirs
 from resnet_jax.training.evaluate import eval_sums
@@ -70,8 +71,6 @@ def train_and_evaluate(
             result = _train(run, watcher)
             result["confusion"] = confusion.write_final(run, result)
         finally:
-            from resnet_jax.data import grain_pipeline
-
             grain_pipeline.close(run.train_iter)
             run.profiler.stop()
             run.progress.close()
@@ -170,8 +169,6 @@ def _setup(config: ml_collections.ConfigDict, workdir: storage.epath.Path) -> _R
 
 
 def _train(run: _Run, watcher: faults.PreemptionWatcher) -> dict[str, Any]:
-    from resnet_jax.data import grain_pipeline
-
     config, parallel, progress = run.config, run.parallel, run.progress
     state = run.state
     run.state = None  # Donated to the first step; keep no stale reference.
@@ -275,8 +272,6 @@ def _save(run: _Run, state: TrainState, step: int) -> None:
     """Starts an asynchronous save of the state; the data position is (seed, step, batch)."""
     config = run.config
     data = {"seed": config.seed, "step": step, "global_batch_size": config.batch_size}
-    from resnet_jax.data import grain_pipeline
-
     data["input"] = grain_pipeline.state_after(run.train_iter, step)  # Grain's position.
     meta = {**run.meta, "step": step, "data": data}
     run.ckpt.save(step, run.parallel.unreplicate(state), meta)
